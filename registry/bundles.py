@@ -1,0 +1,276 @@
+"""Bundles: add (store blobs, then manifests, then database rows), list, show, diff.
+
+Write order (DESIGN.md): every file blob is durable before its component manifest is
+stored, every component manifest before the bundle manifest, and the bundle manifest
+before the database row that makes the bundle visible. An interrupted add leaves at most
+unreferenced blobs, which `registry gc` removes after its grace period.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registry import refs
+from registry.db import DBIntegrityError, now
+from registry.digest import Descriptor
+from registry.errors import IntegrityError, InvalidInputError
+from registry.ingest.common import Staged
+from registry.manifest import KINDS, BundleManifest, ComponentManifest, FileEntry, check_name
+from registry.repo import Registry
+
+ProgressFactory = Callable[[str, int], Callable[[int], None] | None]
+
+
+@dataclass(frozen=True)
+class AddResult:
+    digest: str
+    name: str
+    version: int
+    created: bool  # False when identical content was already registered
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}:v{self.version}"
+
+
+def store_component(
+    reg: Registry, staged: Staged, progress: ProgressFactory | None = None
+) -> ComponentManifest:
+    """Store a staged component's files (blobs first), then its manifest."""
+    entries: list[FileEntry] = list(staged.external_files or [])
+    for rel, content in sorted(staged.files.items()):
+        if isinstance(content, bytes):
+            desc = reg.store.put_bytes(content)
+        else:
+            desc = store_file(
+                reg, content, progress(rel, content.stat().st_size) if progress else None
+            )
+        entries.append(FileEntry(rel, desc.digest, desc.size))
+    entries.sort(key=lambda e: e.path)
+    manifest = ComponentManifest(staged.kind, tuple(entries), staged.meta, staged.source)
+    reg.store.put_bytes(manifest.to_bytes())
+    return manifest
+
+
+def store_file(
+    reg: Registry, path: Path, progress: Callable[[int], None] | None = None
+) -> Descriptor:
+    """Store one file through the stat cache: an unchanged file is not read again."""
+    known = reg.statcache.get(path)
+    desc = reg.store.put_file(path, known=known, progress=progress)
+    if known is None or known != desc:
+        reg.statcache.put(path, desc)
+    return desc
+
+
+def hash_file(reg: Registry, path: Path) -> tuple[str, int]:
+    """sha256 of a file that is not stored (an external base in the HF cache), cached."""
+    import os
+
+    from registry.store import hash_fd
+
+    if (known := reg.statcache.get(path)) is not None:
+        return known.digest, known.size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        digest, size = hash_fd(fd)
+    finally:
+        os.close(fd)
+    reg.statcache.put(path, Descriptor(digest, size))
+    return digest, size
+
+
+def add(
+    reg: Registry,
+    name: str,
+    components: dict[str, Staged],
+    *,
+    parent: str | None = None,
+    annotations: dict[str, str] | None = None,
+    actor: str,
+    progress: ProgressFactory | None = None,
+) -> AddResult:
+    """Register a bundle of staged components; identical content returns the existing one."""
+    check_name(name)
+    if "base_model" not in components:
+        raise InvalidInputError("a bundle needs a base model (--base)")
+    parent_digest = None
+    if parent is not None:
+        with reg.db.read() as conn:
+            parent_digest = refs.resolve(conn, parent)["digest"]
+    descriptors: dict[str, Descriptor] = {}
+    manifests: dict[str, ComponentManifest] = {}
+    for kind in KINDS:
+        if kind in components:
+            m = store_component(reg, components[kind], progress)
+            manifests[kind] = m
+            descriptors[kind] = Descriptor(m.digest, len(m.to_bytes()))
+    bundle = BundleManifest(name, descriptors, parent_digest, dict(annotations or {}))
+    digest = reg.store.put_bytes(bundle.to_bytes()).digest
+    size = sum(f.size for m in manifests.values() if not m.external for f in m.files)
+    return _insert(reg, bundle, digest, size, actor)
+
+
+def _insert(reg: Registry, bundle: BundleManifest, digest: str, size: int, actor: str) -> AddResult:
+
+    for _attempt in range(10):
+        try:
+            with reg.db.write() as conn:
+                row = conn.execute(
+                    "SELECT name, version FROM bundle WHERE digest = :d", {"d": digest}
+                ).first()
+                if row is not None:
+                    return AddResult(digest, row[0], row[1], created=False)
+                version = 1 + (
+                    conn.execute(
+                        "SELECT MAX(version) FROM bundle WHERE name = :n", {"n": bundle.name}
+                    ).scalar()
+                    or 0
+                )
+                conn.execute(
+                    "INSERT INTO bundle (digest, name, version, parent, size, created_at,"
+                    " created_by)"
+                    " VALUES (:d, :n, :v, :p, :s, :t, :a)",
+                    {
+                        "d": digest,
+                        "n": bundle.name,
+                        "v": version,
+                        "p": bundle.parent,
+                        "s": size,
+                        "t": now(),
+                        "a": actor,
+                    },
+                )
+                for kind, desc in bundle.components.items():
+                    conn.execute(
+                        "INSERT INTO bundle_component (bundle_digest, kind, digest, size)"
+                        " VALUES (:b, :k, :d, :s)",
+                        {"b": digest, "k": kind, "d": desc.digest, "s": desc.size},
+                    )
+                return AddResult(digest, bundle.name, version, created=True)
+        except DBIntegrityError:
+            continue  # a concurrent add took this version number (PostgreSQL): try the next
+    raise IntegrityError(f"could not assign a version to {bundle.name} after 10 attempts")
+
+
+# --- reading -----------------------------------------------------------------------------
+
+
+def load_bundle(reg: Registry, digest: str) -> BundleManifest:
+    return BundleManifest.from_bytes(reg.store.read_bytes(digest))
+
+
+def load_component(reg: Registry, desc: Descriptor) -> ComponentManifest:
+    return ComponentManifest.from_bytes(reg.store.read_bytes(desc.digest))
+
+
+def list_bundles(reg: Registry, name: str | None = None) -> list[dict[str, Any]]:
+    """Every bundle (or one name's), newest version first, with the channels that hold it."""
+    where = " WHERE name = :n" if name else ""
+    with reg.db.read() as conn:
+        out = conn.execute(
+            f"SELECT {refs.BUNDLE_COLUMNS} FROM bundle{where} ORDER BY name, version DESC",
+            {"n": name},
+        ).dicts()
+        held: dict[str, list[str]] = {}
+        for r in conn.execute(f"SELECT channel, bundle_digest FROM channel{where}", {"n": name}):
+            held.setdefault(r[1], []).append(r[0])
+    for r in out:
+        r["tag"] = f"{r['name']}:v{r['version']}"
+        r["channels"] = sorted(held.get(r["digest"], []))
+    return out
+
+
+def show(reg: Registry, ref: str) -> dict[str, Any]:
+    """Everything about one bundle: components, files, meta, lineage, channels."""
+
+    with reg.db.read() as conn:
+        row = refs.resolve(conn, ref)
+        lineage = []
+        parent = row["parent"]
+        seen = {row["digest"]}
+        while parent and parent not in seen and len(lineage) < 100:
+            seen.add(parent)
+            p = conn.execute(
+                f"SELECT {refs.BUNDLE_COLUMNS} FROM bundle WHERE digest = :d", {"d": parent}
+            ).first()
+            if p is None:
+                lineage.append({"digest": parent, "tag": None})
+                break
+            lineage.append({"digest": p.digest, "tag": f"{p.name}:v{p.version}"})
+            parent = p.parent
+        channels = [
+            r[0]
+            for r in conn.execute(
+                "SELECT channel FROM channel WHERE bundle_digest = :d ORDER BY channel",
+                {"d": row["digest"]},
+            )
+        ]
+    manifest = load_bundle(reg, row["digest"])
+    components = {}
+    for kind, desc in manifest.components.items():
+        comp = load_component(reg, desc)
+        components[kind] = {
+            "digest": desc.digest,
+            "size": comp.size,
+            "source": comp.source,
+            "meta": comp.meta,
+            "files": [f.to_dict() for f in comp.files],
+        }
+    return {
+        **row,
+        "tag": f"{row['name']}:v{row['version']}",
+        "annotations": manifest.annotations,
+        "channels": channels,
+        "lineage": lineage,
+        "components": components,
+    }
+
+
+def diff(reg: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:
+    """Which components, files and meta keys differ between two bundles."""
+    a, b = show(reg, ref_a), show(reg, ref_b)
+    out: dict[str, Any] = {"a": a["tag"], "b": b["tag"], "components": {}}
+    for kind in KINDS:
+        ca, cb = a["components"].get(kind), b["components"].get(kind)
+        if ca is None and cb is None:
+            continue
+        if ca is None or cb is None:
+            out["components"][kind] = {"status": "added" if ca is None else "removed"}
+            continue
+        if ca["digest"] == cb["digest"]:
+            out["components"][kind] = {"status": "unchanged"}
+            continue
+        fa = {f["path"]: f["digest"] for f in ca["files"]}
+        fb = {f["path"]: f["digest"] for f in cb["files"]}
+        ma, mb = _flatten(ca["meta"]), _flatten(cb["meta"])
+        out["components"][kind] = {
+            "status": "changed",
+            "files": {
+                "added": sorted(set(fb) - set(fa)),
+                "removed": sorted(set(fa) - set(fb)),
+                "changed": sorted(p for p in set(fa) & set(fb) if fa[p] != fb[p]),
+            },
+            "meta": {
+                k: [ma.get(k), mb.get(k)]
+                for k in sorted(set(ma) | set(mb))
+                if ma.get(k) != mb.get(k)
+            },
+        }
+    if a["annotations"] != b["annotations"]:
+        out["annotations"] = [a["annotations"], b["annotations"]]
+    return out
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: json.dumps(d, sort_keys=True) if isinstance(d, list) else d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        out.update(_flatten(v, key) if isinstance(v, dict) and v else {key: v})
+    return out

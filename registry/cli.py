@@ -1,0 +1,347 @@
+"""The `registry` command: parse, call one service function, print.
+
+Heavy or slow modules are imported inside the commands that use them; `registry --help`,
+`ls`, `show` and `rollback` never import torch, transformers, peft, boto3, huggingface_hub
+or textual (tests/test_startup.py checks it). Every RegistryError becomes one line on
+stderr and its exit code here, in `main`; a traceback only with --debug or REGISTRY_DEBUG=1.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from registry.errors import RegistryError, UsageError
+from registry.output import echo, emit_json, err, human_size, table
+
+app = typer.Typer(
+    name="registry",
+    help="A registry and release gate for fine-tuned models (LoRA adapters on a base model).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode=None,
+)
+
+_state: dict[str, Any] = {"registry": None, "debug": False}
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+
+@app.callback()
+def _main(
+    registry: Annotated[
+        Path | None,
+        typer.Option(
+            "--registry",
+            "-R",
+            help="Registry directory (default: $REGISTRY_HOME,"
+            " else the nearest parent holding registry.toml).",
+        ),
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    _state["registry"] = registry
+    _state["debug"] = debug or os.environ.get("REGISTRY_DEBUG") == "1"
+
+
+def open_registry() -> Any:
+    from registry.repo import Registry
+
+    return Registry.open(_state["registry"])
+
+
+def actor_or_default(actor: str | None) -> str:
+    from registry.config import default_actor
+
+    return actor or default_actor()
+
+
+# --- init / add ---------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="Directory to create.")] = Path("."),
+    database_url: Annotated[
+        str | None, typer.Option(help="PostgreSQL URL for a team registry (default: SQLite).")
+    ] = None,
+) -> None:
+    """Create a registry: registry.toml, blobs/ and the database (via migrations)."""
+    from registry.repo import Registry
+
+    reg = Registry.init(path, database_url)
+    kind = "SQLite" if reg.cfg.sqlite else "PostgreSQL"
+    echo(f"Initialized registry in {path.resolve()} ({kind})")
+    reg.close()
+
+
+@app.command()
+def add(
+    name: Annotated[str, typer.Argument(help="Bundle name, e.g. support-bot.")],
+    base: Annotated[str, typer.Option(help="Base model: a directory or hf://org/name@<commit>.")],
+    adapter: Annotated[Path | None, typer.Option(help="PEFT adapter directory.")] = None,
+    tokenizer: Annotated[Path | None, typer.Option(help="Tokenizer directory.")] = None,
+    chat_template: Annotated[Path | None, typer.Option(help="Chat template (.jinja file).")] = None,
+    dataset: Annotated[Path | None, typer.Option(help="Dataset directory (JSONL splits).")] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Training config (YAML, JSON or TOML).")
+    ] = None,
+    from_dir: Annotated[
+        Path | None,
+        typer.Option("--from", help="A trainer's output dir holding adapter, tokenizer, template."),
+    ] = None,
+    parent: Annotated[str | None, typer.Option(help="The bundle this one derives from.")] = None,
+    full: Annotated[
+        bool,
+        typer.Option("--full", help="A full fine-tune: --base is the tuned model, no adapter."),
+    ] = False,
+    license: Annotated[
+        str | None, typer.Option(help="Dataset license (overrides its card).")
+    ] = None,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="Store pickle weights (never loaded by the registry).")
+    ] = False,
+    annotation: Annotated[
+        list[str] | None, typer.Option("--annotation", "-a", help="KEY=VALUE, repeatable.")
+    ] = None,
+    actor: Annotated[
+        str | None, typer.Option(help="Who adds it (default: $REGISTRY_ACTOR or login).")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register a bundle: base, adapter, tokenizer, chat template, dataset and config."""
+    from registry import bundles
+    from registry.ingest.stage import stage_bundle
+    from registry.output import file_progress
+
+    annotations = {}
+    for item in annotation or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"annotation {item!r} is not KEY=VALUE")
+        annotations[key] = value
+    reg = open_registry()
+    components, notes = stage_bundle(
+        reg,
+        base=base,
+        adapter=adapter,
+        tokenizer=tokenizer,
+        chat_template=chat_template,
+        dataset=dataset,
+        config=config,
+        from_dir=from_dir,
+        full=full,
+        license=license,
+        allow_pickle=allow_pickle,
+    )
+    if full:
+        annotations.setdefault("adaptation", "full")
+    for note in notes:
+        err(note)
+    with file_progress(not json_out) as progress:
+        result = bundles.add(
+            reg,
+            name,
+            components,
+            parent=parent,
+            annotations=annotations,
+            actor=actor_or_default(actor),
+            progress=progress,
+        )
+    reg.close()
+    if json_out:
+        emit_json({"digest": result.digest, "tag": result.tag, "created": result.created})
+    else:
+        echo(f"{result.tag} {result.digest}" + ("" if result.created else " (already registered)"))
+
+
+# --- read ---------------------------------------------------------------------------------
+
+
+@app.command("ls")
+def ls_cmd(
+    name: Annotated[str | None, typer.Argument(help="Only this bundle name.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List bundles, newest version first, with the channels that hold them."""
+    from registry import bundles
+
+    reg = open_registry()
+    items = bundles.list_bundles(reg, name)
+    reg.close()
+    if json_out:
+        emit_json(items)
+        return
+    if not items:
+        echo("No bundles yet. Add one with `registry add NAME --base DIR --adapter DIR ...`.")
+        return
+    echo(
+        table(
+            ["TAG", "DIGEST", "SIZE", "CREATED", "CHANNELS"],
+            [
+                (
+                    r["tag"],
+                    r["digest"][:19],
+                    human_size(r["size"]),
+                    r["created_at"][:19].replace("T", " "),
+                    ",".join(r["channels"]),
+                )
+                for r in items
+            ],
+        )
+    )
+
+
+@app.command()
+def show(
+    ref: Annotated[str, typer.Argument(help="Bundle reference.")], json_out: JsonOpt = False
+) -> None:
+    """Components, files, sizes, parsed meta and lineage of one bundle."""
+    from registry import bundles
+
+    reg = open_registry()
+    info = bundles.show(reg, ref)
+    reg.close()
+    if json_out:
+        emit_json(info)
+        return
+    from registry.present import render_show
+
+    echo(render_show(info))
+
+
+@app.command()
+def diff(
+    ref_a: Annotated[str, typer.Argument(help="First bundle.")],
+    ref_b: Annotated[str, typer.Argument(help="Second bundle.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Which components, files and meta changed between two bundles."""
+    from registry import bundles
+
+    reg = open_registry()
+    d = bundles.diff(reg, ref_a, ref_b)
+    reg.close()
+    if json_out:
+        emit_json(d)
+        return
+    from registry.present import render_diff
+
+    echo(render_diff(d))
+
+
+@app.command()
+def verify(
+    ref: Annotated[str | None, typer.Argument(help="Bundle to verify.")] = None,
+    all_: Annotated[
+        bool, typer.Option("--all", help="Every bundle and every stored blob.")
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Re-hash blobs; report every corrupt or missing one (exit 1 if any)."""
+    from registry.verify import verify as run_verify
+
+    if (ref is None) == (not all_):
+        raise UsageError("give a bundle reference or --all")
+    reg = open_registry()
+    report = run_verify(reg, ref, all_blobs=all_)
+    reg.close()
+    if json_out:
+        emit_json(
+            {
+                "ok": report.ok,
+                "checked": report.checked,
+                "problems": [
+                    {"digest": p.digest, "reason": p.reason, "where": p.where}
+                    for p in report.problems
+                ],
+            }
+        )
+    else:
+        for p in report.problems:
+            echo(f"BAD  {p.digest}  {p.reason}  ({p.where})")
+        status = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+        echo(f"verified {report.checked} blobs ({human_size(report.bytes)}): {status}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+def gc(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go.")] = False,
+    grace: Annotated[
+        float, typer.Option(help="Keep unreachable blobs younger than this many seconds.")
+    ] = 3600.0,
+) -> None:
+    """Remove blobs no bundle, gate run or policy reaches (older than the grace period)."""
+    from registry.gc import gc as run_gc
+
+    reg = open_registry()
+    report = run_gc(reg, dry_run=dry_run, grace=grace)
+    reg.close()
+    verb = "would remove" if dry_run else "removed"
+    for d in report.removed:
+        echo(f"{verb} {d}")
+    echo(
+        f"{verb} {len(report.removed)} blobs ({human_size(report.freed)}),"
+        f" {report.temp_removed} temp files; kept {report.kept_young} younger than {grace:.0f}s"
+    )
+
+
+@app.command()
+def export(
+    ref: Annotated[str, typer.Argument(help="Bundle reference.")],
+    dest: Annotated[Path, typer.Argument(help="New directory to write.")],
+) -> None:
+    """Write a bundle as a directory PeftModel/AutoTokenizer load (base model under base/)."""
+    from registry.export import export as run_export
+
+    reg = open_registry()
+    info = run_export(reg, ref, dest)
+    reg.close()
+    echo(f"exported {info['tag']} ({info['files']} files, {human_size(info['bytes'])}) to {dest}")
+    if info["base"]:
+        echo(f"base model: {info['base']}")
+
+
+def main() -> None:
+    """Entry point: run the app, turning RegistryError into one line and an exit code."""
+    debug = "--debug" in sys.argv or os.environ.get("REGISTRY_DEBUG") == "1"
+    try:
+        rc = app(standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
+    except RegistryError as exc:
+        if debug:
+            raise
+        err(f"error: {exc.one_line()}")
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err("aborted")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        err(
+            f"error: unexpected {type(exc).__name__}: {exc}. Re-run with --debug for the traceback."
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

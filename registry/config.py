@@ -1,0 +1,89 @@
+"""Finding the registry and reading `registry.toml`; environment variables in one place.
+
+Lookup order: `--registry PATH`, then `$REGISTRY_HOME`, then walking up from the current
+directory to the first one holding `registry.toml` (like git). The database is SQLite in
+the registry directory unless `registry.toml` names `database_url` or
+`$REGISTRY_DATABASE_URL` is set (the environment wins).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from registry.errors import RegistryNotFoundError, UsageError
+
+CONFIG_FILE = "registry.toml"
+DB_FILE = "registry.db"
+FORMAT_VERSION = 1
+ENV_HOME = "REGISTRY_HOME"
+ENV_DATABASE_URL = "REGISTRY_DATABASE_URL"
+ENV_ACTOR = "REGISTRY_ACTOR"
+ENV_DEBUG = "REGISTRY_DEBUG"
+GC_GRACE_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    root: Path
+    database_url: str
+
+    @property
+    def sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def default_actor() -> str:
+    """Who is acting: $REGISTRY_ACTOR, else the login name."""
+    if actor := os.environ.get(ENV_ACTOR):
+        return actor
+    try:
+        return getpass.getuser()
+    except Exception:  # no passwd entry in some containers
+        return "unknown"
+
+
+def sqlite_url(root: Path) -> str:
+    return f"sqlite:///{(root / DB_FILE).resolve()}"
+
+
+def find_root(explicit: Path | None) -> Path:
+    if explicit is not None:
+        if not (explicit / CONFIG_FILE).is_file():
+            raise RegistryNotFoundError(f"no registry at {explicit} (no {CONFIG_FILE})")
+        return explicit
+    if home := os.environ.get(ENV_HOME):
+        path = Path(home)
+        if not (path / CONFIG_FILE).is_file():
+            raise RegistryNotFoundError(f"${ENV_HOME}={home} is not a registry (no {CONFIG_FILE})")
+        return path
+    here = Path.cwd().resolve()
+    for d in (here, *here.parents):
+        if (d / CONFIG_FILE).is_file():
+            return d
+    raise RegistryNotFoundError("no registry found here or in any parent directory")
+
+
+def load(explicit: Path | None = None) -> RegistryConfig:
+    root = find_root(explicit)
+    try:
+        data = tomllib.loads((root / CONFIG_FILE).read_text("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{root / CONFIG_FILE} is not valid TOML: {exc}") from None
+    fmt = data.get("format", FORMAT_VERSION)
+    if fmt != FORMAT_VERSION:
+        raise UsageError(
+            f"{root / CONFIG_FILE} has format {fmt}; this version reads {FORMAT_VERSION}"
+        )
+    url = os.environ.get(ENV_DATABASE_URL) or data.get("database_url") or sqlite_url(root)
+    return RegistryConfig(root=root, database_url=url)
+
+
+def write_config(root: Path, database_url: str | None) -> None:
+    lines = [f"format = {FORMAT_VERSION}"]
+    if database_url:
+        lines.append(f"database_url = {database_url!r}".replace("'", '"'))
+    (root / CONFIG_FILE).write_text("\n".join(lines) + "\n", "utf-8")

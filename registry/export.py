@@ -1,0 +1,89 @@
+"""Materialize a bundle as a directory that transformers and peft load directly.
+
+    DIR/adapter_config.json, adapter_model.safetensors   the adapter (PeftModel.from_pretrained)
+    DIR/tokenizer.json, tokenizer_config.json, ...       the tokenizer (AutoTokenizer)
+    DIR/chat_template.jinja                              the bundle's chat template
+    DIR/base/                                            the base model (absent if external)
+    DIR/dataset/, DIR/config/                            dataset and training config
+    DIR/registry/bundle.json, registry/<kind>.json       the manifests, for provenance
+
+For a full fine-tune (no adapter) the model files go at the top level instead of base/,
+so AutoModelForCausalLM.from_pretrained(DIR) loads it. Every byte is re-hashed as it is
+copied out; the directory must be new or empty.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from registry import refs
+from registry.errors import IntegrityError, UsageError
+from registry.manifest import ComponentManifest
+from registry.paths import join_inside
+from registry.repo import Registry
+
+
+def layout(components: dict[str, ComponentManifest]) -> dict[str, str]:
+    """Directory prefix ("" = top level) of each component kind."""
+    full = "adapter" not in components
+    return {
+        "adapter": "",
+        "tokenizer": "",
+        "chat_template": "",
+        "base_model": "" if full else "base",
+        "dataset": "dataset",
+        "config": "config",
+    }
+
+
+def export(reg: Registry, ref: str, dest: Path) -> dict[str, Any]:
+    from registry.bundles import load_bundle, load_component
+
+    with reg.db.read() as conn:
+        row = refs.resolve(conn, ref)
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise UsageError(f"{dest} exists and is not an empty directory", "Choose a new directory.")
+    bundle = load_bundle(reg, row["digest"])
+    comps = {k: load_component(reg, d) for k, d in bundle.components.items()}
+    prefixes = layout(comps)
+    plan: dict[str, tuple[str, int, str]] = {}  # relpath -> (digest, size, kind)
+    # Later kinds win on a shared top-level path: the bundle's chat template overrides the
+    # tokenizer's own chat_template.jinja, which is the point of pinning a template.
+    order = ["base_model", "dataset", "config", "adapter", "tokenizer", "chat_template"]
+    for kind in order:
+        comp = comps.get(kind)
+        if comp is None or comp.external:
+            continue
+        for f in comp.files:
+            rel = f"{prefixes[kind]}/{f.path}" if prefixes[kind] else f.path
+            prev = plan.get(rel)
+            if (
+                prev
+                and prev[0] != f.digest
+                and not (kind == "chat_template" and prev[2] == "tokenizer")
+            ):
+                raise IntegrityError(
+                    f"export: {kind} and {prev[2]} both write {rel} with different content"
+                )
+            plan[rel] = (f.digest, f.size, kind)
+    dest.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for rel, (digest, size, _kind) in sorted(plan.items()):
+        reg.store.copy_out(digest, size, join_inside(dest, rel))
+        total += size
+    meta_dir = dest / "registry"
+    meta_dir.mkdir(exist_ok=True)
+    (meta_dir / "bundle.json").write_bytes(reg.store.read_bytes(row["digest"]))
+    for kind, desc in bundle.components.items():
+        (meta_dir / f"{kind}.json").write_bytes(reg.store.read_bytes(desc.digest))
+    external = comps.get("base_model")
+    return {
+        "digest": row["digest"],
+        "tag": f"{row['name']}:v{row['version']}",
+        "files": len(plan),
+        "bytes": total,
+        "base": external.source
+        if external is not None and external.external
+        else (str(dest / prefixes["base_model"]) if "base_model" in comps else None),
+    }

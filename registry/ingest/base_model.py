@@ -1,0 +1,175 @@
+"""Base model components: a local model directory, or an external pinned Hub model.
+
+`hf://org/name@<40-hex commit>` pins a base without copying it: the file list and sha256
+come from the local Hugging Face cache when the snapshot is there (or HF_HUB_OFFLINE is
+set), else from the Hub API. A revision that is not a full commit hash is resolved to one
+and recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from registry.errors import InvalidInputError, RemoteError
+from registry.ingest.common import (
+    Staged,
+    check_file,
+    check_suffix,
+    read_json,
+    scan_dir,
+    weights_summary,
+)
+from registry.manifest import FileEntry
+from registry.paths import check_relpath
+
+HF_RE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+CONFIG_KEYS = (
+    "model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "intermediate_size", "vocab_size", "max_position_embeddings",
+    "dtype", "torch_dtype", "tie_word_embeddings",
+)  # fmt: skip
+
+
+def config_meta(cfg: Any, where: str) -> dict[str, Any]:
+    if not isinstance(cfg, dict):
+        raise InvalidInputError(f"{where} must be a JSON object")
+    if "model_type" not in cfg:
+        raise InvalidInputError(f"{where} has no model_type", "Is this a transformers model?")
+    return {k: cfg[k] for k in CONFIG_KEYS if k in cfg}
+
+
+def _check_index(root: Path, files: dict[str, Any]) -> None:
+    index_name = "model.safetensors.index.json"
+    if index_name not in files:
+        return
+    index = read_json(root / index_name, "base_model")
+    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(weight_map, dict):
+        raise InvalidInputError(f"base_model: {index_name} has no weight_map")
+    for shard in sorted(set(weight_map.values())):
+        if not isinstance(shard, str) or check_relpath(shard) not in files:
+            raise InvalidInputError(f"base_model: {index_name} names a missing shard {shard!r}")
+
+
+def stage(root: Path, *, allow_pickle: bool = False) -> Staged:
+    staged, headers = scan_dir(root, "base_model", allow_pickle=allow_pickle)
+    meta = config_meta(read_json(root / "config.json", "base_model"), "base_model config.json")
+    _check_index(root, staged.files)
+    if not headers and not allow_pickle:
+        raise InvalidInputError(f"base_model: {root} has no .safetensors weights")
+    meta["weights"] = weights_summary(headers)
+    meta["sharded"] = "model.safetensors.index.json" in staged.files
+    staged.meta = meta
+    return staged
+
+
+def hub_cache_dir() -> Path:
+    if cache := os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE"):
+        return Path(cache)
+    home = os.environ.get("HF_HOME") or os.path.join(Path.home(), ".cache", "huggingface")
+    return Path(home) / "hub"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def stage_external(uri: str, *, allow_pickle: bool = False, hash_file: Any = None) -> Staged:
+    """Pin `hf://org/name@rev`: list its files with sha256, store none of them.
+
+    `hash_file(path) -> (digest, size)` hashes a cached file (the caller's stat cache).
+    """
+    m = HF_RE.match(uri)
+    if not m:
+        raise InvalidInputError(f"{uri!r} is not hf://org/name@<revision>")
+    repo, rev = m["repo"], m["rev"] or "main"
+    repo_cache = hub_cache_dir() / f"models--{repo.replace('/', '--')}"
+    commit = rev if COMMIT_RE.match(rev) else _cached_ref(repo_cache, rev)
+    if commit and (repo_cache / "snapshots" / commit).is_dir():
+        files = _from_cache(repo_cache, commit, allow_pickle=allow_pickle, hash_file=hash_file)
+        snapshot = repo_cache / "snapshots" / commit
+        cfg = snapshot / "config.json"
+        meta = (
+            config_meta(read_json(cfg, "base_model"), f"{repo} config.json") if cfg.exists() else {}
+        )
+    elif _offline():
+        raise InvalidInputError(
+            f"{repo}@{rev} is not in the local Hugging Face cache ({hub_cache_dir()})",
+            "Download it first (huggingface-cli download) or unset HF_HUB_OFFLINE.",
+        )
+    else:
+        commit, files, meta = _from_hub(repo, rev)
+    for f in files:
+        check_suffix(f.path, allow_pickle=allow_pickle)
+    meta.update(repo_id=repo, revision=commit)
+    if rev != commit:
+        meta["requested_revision"] = rev
+    staged = Staged("base_model", meta=meta, source=f"hf://{repo}@{commit}")
+    staged.external_files = sorted(files, key=lambda f: f.path)
+    return staged
+
+
+def _cached_ref(repo_cache: Path, rev: str) -> str | None:
+    ref = repo_cache / "refs" / rev
+    if ref.is_file():
+        commit = ref.read_text().strip()
+        return commit if COMMIT_RE.match(commit) else None
+    return None
+
+
+def _from_cache(
+    repo_cache: Path, commit: str, *, allow_pickle: bool, hash_file: Any
+) -> list[FileEntry]:
+    snapshot = repo_cache / "snapshots" / commit
+    real_cache = os.path.realpath(repo_cache)
+    out = []
+    for dirpath, dirnames, filenames in os.walk(snapshot):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = Path(dirpath) / name
+            rel = check_relpath(full.relative_to(snapshot).as_posix())
+            real = os.path.realpath(full)
+            # Cache snapshots are symlinks into the repo's blobs/: they may not leave it.
+            if not real.startswith(real_cache + os.sep):
+                raise InvalidInputError(f"cached file {rel} points outside {repo_cache}")
+            check_file(rel, Path(real), allow_pickle=allow_pickle)
+            digest, size = hash_file(Path(real))
+            out.append(FileEntry(rel, digest, size))
+    if not out:
+        raise InvalidInputError(f"cached snapshot {snapshot} is empty")
+    return out
+
+
+def _from_hub(repo: str, rev: str) -> tuple[str, list[FileEntry], dict[str, Any]]:
+    """Ask the Hub for the commit and every file's sha256 (LFS files carry theirs)."""
+    import hashlib
+
+    from huggingface_hub import HfApi, hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError
+
+    api = HfApi()
+    try:
+        info = api.model_info(repo, revision=rev, files_metadata=True)
+        files = []
+        for s in info.siblings or []:
+            if s.lfs is not None and getattr(s.lfs, "sha256", None):
+                files.append(
+                    FileEntry(check_relpath(s.rfilename), f"sha256:{s.lfs.sha256}", s.size)
+                )
+            else:
+                # Small files are in git, not LFS: fetch and hash them ourselves.
+                local = hf_hub_download(repo, s.rfilename, revision=info.sha)
+                data = Path(local).read_bytes()
+                digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+                files.append(FileEntry(check_relpath(s.rfilename), digest, len(data)))
+    except HfHubHTTPError as exc:
+        raise RemoteError(f"Hugging Face Hub: {exc}") from exc
+    meta: dict[str, Any] = {}
+    cfg = getattr(info, "config", None)
+    if isinstance(cfg, dict) and "model_type" in cfg:
+        meta["model_type"] = cfg["model_type"]
+    return str(info.sha), files, meta

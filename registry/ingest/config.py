@@ -1,0 +1,50 @@
+"""Training-config components: one YAML, JSON or TOML file of hyperparameters."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from registry.errors import InvalidInputError
+from registry.ingest.common import Staged
+
+SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
+
+
+def parse(path: Path) -> tuple[str, dict[str, Any]]:
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise InvalidInputError(f"config {path.name}: use a .yaml, .json or .toml file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise InvalidInputError(f"config {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise InvalidInputError(f"config {path.name} is not UTF-8") from None
+    try:
+        if fmt == "json":
+            data = json.loads(text)
+        elif fmt == "toml":
+            data = tomllib.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)  # safe_load: no Python object tags
+    except Exception as exc:  # each parser has its own error type; all mean "malformed"
+        raise InvalidInputError(f"config {path.name} is not valid {fmt}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"config {path.name} must hold a mapping of hyperparameters")
+    return fmt, data
+
+
+def stage(path: Path) -> Staged:
+    if not path.is_file():
+        raise InvalidInputError(f"config {path} is not a file")
+    fmt, data = parse(path)
+    staged = Staged("config")
+    staged.add(path.name, path)
+    # Round-trip through JSON so the manifest holds only JSON types (dates become strings).
+    staged.meta = {"format": fmt, "hyperparameters": json.loads(json.dumps(data, default=str))}
+    return staged

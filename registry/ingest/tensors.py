@@ -1,0 +1,113 @@
+"""A safetensors header reader that refuses what the reference parser refuses.
+
+Only the header is read, never the tensors: 8-byte little-endian length N (at most 100 MB
+and inside the file), then N bytes of UTF-8 JSON mapping tensor names to dtype, shape and
+data_offsets. Offsets must be in bounds, match dtype x shape, and tile the data section
+contiguously up to the end of the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from registry.errors import InvalidInputError
+
+MAX_HEADER = 100_000_000
+DTYPE_BITS = {
+    "BOOL": 8, "U8": 8, "I8": 8, "F8_E5M2": 8, "F8_E4M3": 8, "F8_E8M0": 8,
+    "I16": 16, "U16": 16, "F16": 16, "BF16": 16,
+    "I32": 32, "U32": 32, "F32": 32, "I64": 64, "U64": 64, "F64": 64,
+    "F4": 4, "F6_E2M3": 6, "F6_E3M2": 6, "C64": 64,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class TensorInfo:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+
+    @property
+    def parameters(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    def summary(self) -> dict[str, Any]:
+        dtypes = sorted({t.dtype for t in self.tensors.values()})
+        return {"tensors": len(self.tensors), "parameters": self.parameters, "dtypes": dtypes}
+
+
+def read_header(path: Path) -> SafetensorsHeader:
+    """Parse and validate the header of `path`; raise InvalidInputError on any defect."""
+    name = path.name
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        raw_len = f.read(8)
+        if len(raw_len) < 8:
+            raise InvalidInputError(f"{name}: not a safetensors file (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", raw_len)
+        if n > MAX_HEADER:
+            raise InvalidInputError(f"{name}: safetensors header too large ({n} bytes)")
+        if 8 + n > size:
+            raise InvalidInputError(f"{name}: invalid safetensors header length {n}")
+        raw = f.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidInputError(f"{name}: invalid JSON in safetensors header") from None
+    if not isinstance(header, dict):
+        raise InvalidInputError(f"{name}: safetensors header is not a JSON object")
+    metadata = header.pop("__metadata__", {}) or {}
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise InvalidInputError(f"{name}: safetensors __metadata__ must map strings to strings")
+    data_len = size - 8 - n
+    spans: list[tuple[int, int, str]] = []
+    tensors: dict[str, TensorInfo] = {}
+    for tname, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise InvalidInputError(f"{name}: tensor {tname!r} entry is malformed")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        if dtype not in DTYPE_BITS:
+            raise InvalidInputError(f"{name}: tensor {tname!r} has unknown dtype {dtype!r}")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise InvalidInputError(f"{name}: tensor {tname!r} has an invalid shape")
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+            or not 0 <= offsets[0] <= offsets[1] <= data_len
+        ):
+            raise InvalidInputError(f"{name}: tensor {tname!r} offsets are out of bounds")
+        bits = math.prod(shape) * DTYPE_BITS[dtype]
+        if bits % 8 or offsets[1] - offsets[0] != bits // 8:
+            raise InvalidInputError(f"{name}: tensor {tname!r} size does not match its shape")
+        spans.append((offsets[0], offsets[1], tname))
+        tensors[tname] = TensorInfo(tname, dtype, tuple(shape))
+    spans.sort()
+    pos = 0
+    for begin, end, tname in spans:
+        if begin != pos:
+            raise InvalidInputError(f"{name}: tensor {tname!r} data is not contiguous")
+        pos = end
+    if pos != data_len:
+        raise InvalidInputError(f"{name}: tensor data does not end at the end of the file")
+    return SafetensorsHeader(tensors, metadata)

@@ -1,0 +1,191 @@
+"""Component and bundle manifests: canonical JSON blobs whose digest is their identity.
+
+    component: {"schema", "kind", "files": [{"path", "digest", "size"}], "meta", "source"?}
+    bundle:    {"schema", "name", "components": {kind: descriptor}, "parent", "annotations"}
+
+Manifests hold no timestamps, hostnames or absolute paths (those live in the database), so
+the same content gives the same digest on every machine. `from_bytes` is the strict parser
+used for anything read back from the store or a remote.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from registry.digest import Descriptor, canonical_json, check_digest, sha256_bytes
+from registry.errors import InvalidInputError
+from registry.paths import check_relpath
+
+COMPONENT_SCHEMA = "registry.component.v1"
+BUNDLE_SCHEMA = "registry.bundle.v1"
+KINDS = ("base_model", "adapter", "tokenizer", "chat_template", "dataset", "config")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+EXTERNAL_RE = re.compile(r"^hf://[A-Za-z0-9][\w.-]*/[\w.-]+@[0-9a-f]{40}$")
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        from registry.errors import UsageError
+
+        raise UsageError(
+            f"bundle name {name!r} is invalid",
+            "Use lowercase letters, digits, '.', '_' or '-' (at most 128, starting with a"
+            " letter or digit).",
+        )
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    path: str
+    digest: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "digest": self.digest, "size": self.size}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> FileEntry:
+        if not isinstance(data, dict) or set(data) != {"path", "digest", "size"}:
+            raise InvalidInputError("a file entry must have exactly path, digest and size")
+        desc = Descriptor.from_dict({"digest": data["digest"], "size": data["size"]}, "file")
+        return cls(check_relpath(data["path"]), desc.digest, desc.size)
+
+
+@dataclass(frozen=True)
+class ComponentManifest:
+    kind: str
+    files: tuple[FileEntry, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None  # hf://org/name@<commit> for an external base model
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise InvalidInputError(f"unknown component kind {self.kind!r}")
+        paths = [f.path for f in self.files]
+        if paths != sorted(paths) or len(set(paths)) != len(paths):
+            raise InvalidInputError("component files must be sorted by path and unique")
+        if self.source is not None and not EXTERNAL_RE.match(self.source):
+            raise InvalidInputError(f"external source {self.source!r} is not hf://org/name@<sha>")
+
+    @property
+    def external(self) -> bool:
+        return self.source is not None
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "schema": COMPONENT_SCHEMA,
+            "kind": self.kind,
+            "files": [f.to_dict() for f in self.files],
+            "meta": self.meta,
+        }
+        if self.source is not None:
+            d["source"] = self.source
+        return d
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    @property
+    def digest(self) -> str:
+        return sha256_bytes(self.to_bytes())
+
+    @classmethod
+    def from_dict(cls, data: Any) -> ComponentManifest:
+        if not isinstance(data, dict):
+            raise InvalidInputError("component manifest must be a JSON object")
+        if data.get("schema") != COMPONENT_SCHEMA:
+            raise InvalidInputError(f"unsupported component schema {data.get('schema')!r}")
+        allowed = {"schema", "kind", "files", "meta", "source"}
+        if extra := set(data) - allowed:
+            raise InvalidInputError(f"unknown component manifest keys {sorted(extra)}")
+        files = data.get("files")
+        meta = data.get("meta", {})
+        if not isinstance(files, list) or not isinstance(meta, dict):
+            raise InvalidInputError("component manifest needs a files list and a meta object")
+        return cls(
+            kind=data.get("kind"),  # type: ignore[arg-type]
+            files=tuple(FileEntry.from_dict(f) for f in files),
+            meta=meta,
+            source=data.get("source"),
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ComponentManifest:
+        return cls.from_dict(_loads(data, "component manifest"))
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    name: str
+    components: dict[str, Descriptor]
+    parent: str | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if unknown := set(self.components) - set(KINDS):
+            raise InvalidInputError(f"unknown component kinds {sorted(unknown)}")
+        if self.parent is not None:
+            check_digest(self.parent, "parent")
+        for k, v in self.annotations.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise InvalidInputError("annotations must map strings to strings")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": BUNDLE_SCHEMA,
+            "name": self.name,
+            "components": {k: d.to_dict() for k, d in sorted(self.components.items())},
+            "parent": self.parent,
+            "annotations": dict(sorted(self.annotations.items())),
+        }
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    @property
+    def digest(self) -> str:
+        return sha256_bytes(self.to_bytes())
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BundleManifest:
+        if not isinstance(data, dict):
+            raise InvalidInputError("bundle manifest must be a JSON object")
+        if data.get("schema") != BUNDLE_SCHEMA:
+            raise InvalidInputError(f"unsupported bundle schema {data.get('schema')!r}")
+        if set(data) != {"schema", "name", "components", "parent", "annotations"}:
+            raise InvalidInputError(
+                "bundle manifest keys must be exactly: schema, name,"
+                " components, parent, annotations"
+            )
+        comps = data["components"]
+        if not isinstance(comps, dict) or not isinstance(data["annotations"], dict):
+            raise InvalidInputError("bundle components and annotations must be objects")
+        return cls(
+            name=data["name"],
+            components={k: Descriptor.from_dict(v, f"component {k}") for k, v in comps.items()},
+            parent=data["parent"],
+            annotations=data["annotations"],
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BundleManifest:
+        return cls.from_dict(_loads(data, "bundle manifest"))
+
+
+def _loads(data: bytes, what: str) -> Any:
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidInputError(f"{what} is not valid UTF-8 JSON: {exc}") from None
+    if canonical_json(obj) != data:
+        raise InvalidInputError(f"{what} is not in canonical JSON form")
+    return obj

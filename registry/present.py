@@ -1,0 +1,78 @@
+"""Text rendering of `show` and `diff` results for the terminal."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from registry.output import human_size
+
+KEY_META = {
+    "base_model": (
+        "model_type",
+        "repo_id",
+        "revision",
+        "num_hidden_layers",
+        "hidden_size",
+        "weights",
+    ),
+    "adapter": (
+        "peft_type",
+        "r",
+        "lora_alpha",
+        "lora_dropout",
+        "target_modules",
+        "scaling",
+        "base_model_name_or_path",
+        "weights",
+    ),
+    "tokenizer": ("tokenizer_class", "vocab_size", "special_tokens", "chat_template_sha256"),
+    "chat_template": ("chars", "sha256_text"),
+    "dataset": ("splits", "format", "license"),
+    "config": ("format", "hyperparameters"),
+}
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def render_show(info: dict[str, Any]) -> str:
+    lines = [
+        f"{info['tag']}  {info['digest']}",
+        f"  created   {info['created_at']} by {info['created_by']}",
+        f"  size      {human_size(info['size'])}",
+        f"  channels  {', '.join(info['channels']) or '-'}",
+    ]
+    if info["lineage"]:
+        chain = " <- ".join(p["tag"] or p["digest"][:19] for p in info["lineage"])
+        lines.append(f"  lineage   {chain}")
+    for key, value in sorted(info["annotations"].items()):
+        lines.append(f"  @{key}  {value}")
+    for kind, comp in info["components"].items():
+        where = f"  external {comp['source']}" if comp["source"] else ""
+        lines.append(f"\n{kind}  {comp['digest'][:19]}  {human_size(comp['size'])}{where}")
+        for key in KEY_META.get(kind, ()):
+            if comp["meta"].get(key) is not None:
+                lines.append(f"  {key}: {_fmt(comp['meta'][key])}")
+        for f in comp["files"]:
+            lines.append(f"    {f['path']}  {human_size(f['size'])}  {f['digest'][:19]}")
+    return "\n".join(lines)
+
+
+def render_diff(d: dict[str, Any]) -> str:
+    lines = [f"{d['a']} -> {d['b']}"]
+    for kind, c in d["components"].items():
+        lines.append(f"  {kind}: {c['status']}")
+        if c["status"] != "changed":
+            continue
+        for what in ("added", "removed", "changed"):
+            for path in c["files"][what]:
+                lines.append(f"    {what[0].upper()} {path}")
+        for key, (a, b) in c["meta"].items():
+            lines.append(f"    meta {key}: {_fmt(a)} -> {_fmt(b)}")
+    if "annotations" in d:
+        lines.append(f"  annotations: {_fmt(d['annotations'][0])} -> {_fmt(d['annotations'][1])}")
+    return "\n".join(lines)

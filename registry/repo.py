@@ -1,0 +1,57 @@
+"""A Registry: its directory, blob store, stat cache and database, opened together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from registry import config
+from registry.db import Database, upgrade
+from registry.errors import UsageError
+from registry.statcache import StatCache
+from registry.store import BlobStore
+
+
+@dataclass
+class Registry:
+    cfg: config.RegistryConfig
+
+    @classmethod
+    def open(cls, path: Path | None = None) -> Registry:
+        return cls(config.load(path))
+
+    @classmethod
+    def init(cls, path: Path, database_url: str | None = None) -> Registry:
+        """Create (or re-apply migrations to) the registry at `path`."""
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{path} exists and is not a directory")
+        path.mkdir(parents=True, exist_ok=True)
+        if not (path / config.CONFIG_FILE).exists():
+            config.write_config(path, database_url)
+        reg = cls.open(path)
+        reg.store.init()
+        upgrade(reg.cfg.database_url)
+        return reg
+
+    @property
+    def root(self) -> Path:
+        return self.cfg.root
+
+    @cached_property
+    def store(self) -> BlobStore:
+        return BlobStore(self.root)
+
+    @cached_property
+    def db(self) -> Database:
+        return Database(self.cfg.database_url)
+
+    @cached_property
+    def statcache(self) -> StatCache:
+        return StatCache(self.root / "cache" / "stat.sqlite")
+
+    def close(self) -> None:
+        if "db" in self.__dict__:
+            self.db.dispose()
+        if "statcache" in self.__dict__:
+            self.statcache.close()
