@@ -1,0 +1,252 @@
+"""The gate engine: materialize the bundle once, run gates in dependency order, record.
+
+Each run stores its evidence report as a blob (canonical JSON) and inserts a gate_run row:
+bundle, gate name and version, policy digest, digests of the files it read, status,
+metrics, thresholds, environment, start, end, actor. A gate that raises is recorded as
+`error` with the message, never as a pass. Re-running adds a run; history is kept.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gates import catalog
+from gates.base import ERROR, FAILED, PASSED, GateContext, GateResult
+from gates.policy import Policy
+from registry import refs
+from registry.db import now
+from registry.digest import canonical_json
+from registry.errors import GateError, RegistryError
+from registry.repo import Registry
+
+# on_event(gate, phase, message): phase is "start", "progress" or the final status.
+EventHook = Callable[[str, str, str], None]
+PACKAGES = ("torch", "transformers", "peft", "tokenizers", "safetensors", "bitsandbytes", "jinja2")
+
+
+@dataclass
+class RunRecord:
+    id: int
+    gate: str
+    status: str
+    summary: str
+    metrics: dict[str, Any]
+    evidence_digest: str | None
+    seconds: float
+
+
+def order(names: list[str]) -> list[str]:
+    """`names` sorted so each gate runs after the gates it declares in `after`."""
+    wanted = list(dict.fromkeys(names))
+    done: list[str] = []
+    visiting: set[str] = set()
+
+    def visit(n: str) -> None:
+        if n in done:
+            return
+        if n in visiting:
+            raise GateError(f"gates depend on each other in a cycle through {n!r}")
+        visiting.add(n)
+        for dep in catalog.load(n).after:
+            if dep in wanted:
+                visit(dep)
+        visiting.discard(n)
+        done.append(n)
+
+    for n in wanted:
+        visit(n)
+    return done
+
+
+def environment(device: str | None = None) -> dict[str, Any]:
+    """Python, platform, library versions (from metadata: nothing is imported) and device."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in PACKAGES:
+        try:
+            env[pkg] = version(pkg)
+        except PackageNotFoundError:
+            env[pkg] = None
+    if device is None:
+        device = "cpu"
+        if "torch" in sys.modules:
+            torch = sys.modules["torch"]
+            if torch.cuda.is_available():
+                device = f"cuda:{torch.cuda.get_device_name(0)}"
+    env["device"] = device
+    return env
+
+
+@contextmanager
+def materialize(reg: Registry, digest: str) -> Iterator[Path]:
+    """The bundle exported into a private temp directory, removed afterwards."""
+    from registry.export import export
+
+    tmp_root = reg.root / "tmp"
+    tmp_root.mkdir(exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="gates-", dir=tmp_root))
+    try:
+        export(reg, digest, workdir / "bundle")
+        yield workdir / "bundle"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_gates(
+    reg: Registry,
+    ref: str,
+    policy: Policy,
+    *,
+    gate_names: list[str] | None = None,
+    channel: str | None = None,
+    actor: str,
+    on_event: EventHook | None = None,
+) -> list[RunRecord]:
+    """Run gates on a bundle and record every result; returns the records in run order."""
+    from registry.bundles import show
+
+    names = order(gate_names or policy.required_gates())
+    if not names:
+        raise GateError("no gates to run: the policy requires none and no --gate was given")
+    info = show(reg, ref)
+    digest = info["digest"]
+    hook = on_event or (lambda _g, _p, _m: None)
+    records: list[RunRecord] = []
+    results: dict[str, GateResult] = {}
+    with materialize(reg, f"{info['name']}@{digest}") as workdir:
+        for name in names:
+            cls = catalog.load(name)
+            ctx = GateContext(
+                registry=reg, bundle_digest=digest, bundle=info, workdir=workdir, policy=policy,
+                params=policy.params(name), channel=channel,
+                progress=lambda msg, _n=name: hook(_n, "progress", msg), results=results,
+            )  # fmt: skip
+            hook(name, "start", "")
+            started, t0 = now(), time.perf_counter()
+            result = _run_one(cls, ctx)
+            seconds = time.perf_counter() - t0
+            results[name] = result
+            rec = record(reg, digest, cls, policy.digest, ctx.inputs, result, started, actor)
+            rec.seconds = seconds
+            records.append(rec)
+            hook(name, result.status, result.summary)
+    return records
+
+
+def _run_one(cls: type, ctx: GateContext) -> GateResult:
+    try:
+        result = cls().run(ctx)
+        if not isinstance(result, GateResult):
+            raise GateError(f"gate {cls.name} returned {type(result).__name__}, not GateResult")
+        return result
+    except RegistryError as exc:
+        return GateResult(ERROR, summary=exc.one_line(), error=exc.one_line())
+    except Exception as exc:  # a gate that raises is an error, never a pass
+        msg = f"{type(exc).__name__}: {exc}"
+        return GateResult(ERROR, summary=msg, error=msg)
+
+
+def record(
+    reg: Registry,
+    digest: str,
+    cls: type,
+    policy_digest: str | None,
+    inputs: dict[str, str],
+    result: GateResult,
+    started: str,
+    actor: str,
+) -> RunRecord:
+    """Store the evidence blob, then insert the gate_run row."""
+    evidence = {
+        "gate": cls.name,
+        "version": cls.version,
+        "bundle": digest,
+        "status": result.status,
+        "summary": result.summary,
+        "metrics": result.metrics,
+        "thresholds": result.thresholds,
+        "inputs": inputs,
+        "evidence": result.evidence,
+        "error": result.error,
+    }
+    ev = reg.store.put_bytes(canonical_json(_jsonable(evidence)))
+    env = environment(result.evidence.get("device") if isinstance(result.evidence, dict) else None)
+    with reg.db.write() as conn:
+        conn.execute(
+            "INSERT INTO gate_run (bundle_digest, gate, gate_version, policy_digest, status,"
+            " metrics, thresholds, inputs, environment, evidence_digest, error, actor,"
+            " started_at, ended_at) VALUES (:b, :g, :v, :p, :s, :m, :t, :i, :e, :ev, :err,"
+            " :a, :st, :en)",
+            {
+                "b": digest, "g": cls.name, "v": str(cls.version), "p": policy_digest,
+                "s": result.status, "m": _dumps(result.metrics), "t": _dumps(result.thresholds),
+                "i": _dumps(inputs), "e": _dumps(env), "ev": ev.digest, "err": result.error,
+                "a": actor, "st": started, "en": now(),
+            },
+        )  # fmt: skip
+        run_id = conn.execute(
+            "SELECT MAX(id) FROM gate_run WHERE bundle_digest = :b AND gate = :g",
+            {"b": digest, "g": cls.name},
+        ).scalar()
+    return RunRecord(
+        run_id, cls.name, result.status, result.summary, result.metrics, ev.digest, 0.0
+    )
+
+
+def exit_code(records: list[RunRecord]) -> int:
+    """0 when every gate passed, 1 when one could not run, 3 when any failed."""
+    statuses = {r.status for r in records}
+    if ERROR in statuses:
+        return 1
+    if FAILED in statuses:
+        return 3
+    return 0 if statuses <= {PASSED} else 1
+
+
+def _jsonable(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, default=_default, allow_nan=False))
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, set | tuple):
+        return sorted(obj) if isinstance(obj, set) else list(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(_jsonable(obj), sort_keys=True)
+
+
+def runs_for(reg: Registry, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A bundle's gate runs, newest first (for `registry gates show` and the TUI)."""
+    with reg.db.read() as conn:
+        row = refs.resolve(conn, ref)
+        runs = conn.execute(
+            "SELECT id, gate, gate_version, policy_digest, status, metrics, thresholds, inputs,"
+            " environment, evidence_digest, error, actor, started_at, ended_at FROM gate_run"
+            " WHERE bundle_digest = :b ORDER BY id DESC",
+            {"b": row["digest"]},
+        ).dicts()
+    for r in runs:
+        for key in ("metrics", "thresholds", "inputs", "environment"):
+            r[key] = json.loads(r[key])
+    return row, runs
+
+
+def evidence(reg: Registry, digest: str) -> dict[str, Any]:
+    return json.loads(reg.store.read_bytes(digest))

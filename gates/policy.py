@@ -1,0 +1,210 @@
+"""Policy files: which gates each channel requires, and each gate's thresholds.
+
+    [channels.production]
+    require = ["dataset-audit", "target-eval"]
+    after = "staging"            # must have been in staging first
+    actors = ["alice", "bob"]    # who may move this channel (default: anyone)
+
+    [gates.target-eval]
+    eval_set = "evals/target.jsonl"
+    min_delta = 0.05
+
+Paths are relative to the policy file. Every key has a default declared by its gate; an
+unknown key, channel key or gate name is an error. Keys named `eval_set` / `eval_sets`
+(or ending in `_file` / `_files`) name files: they are read, hashed and stored with the
+policy, and the policy digest covers them, so editing an eval set is a new policy.
+
+The policy digest is the sha256 of the canonical JSON
+`{"schema": "registry.policy.v1", "policy": <digest of the TOML bytes>, "files": {path: digest}}`.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry.digest import canonical_json, sha256_bytes
+from registry.errors import PolicyError, UsageError
+from registry.paths import check_relpath, join_inside
+from registry.refs import check_channel
+
+SCHEMA = "registry.policy.v1"
+CHANNEL_KEYS = {"require", "after", "actors"}
+
+
+@dataclass
+class ChannelPolicy:
+    name: str
+    require: list[str] = field(default_factory=list)
+    after: str | None = None
+    actors: list[str] | None = None
+
+
+@dataclass
+class Policy:
+    text: str
+    channels: dict[str, ChannelPolicy]
+    gates: dict[str, dict[str, Any]]  # only the sections the file has, as written
+    files: dict[str, str]  # relpath -> digest
+    root: Path | None = None  # directory of the policy file; None when read from the store
+    blob_path: Any = None  # callable(digest) -> Path, when read from the store
+
+    @property
+    def toml_digest(self) -> str:
+        return sha256_bytes(self.text.encode("utf-8"))
+
+    def manifest(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "policy": self.toml_digest,
+            "files": dict(sorted(self.files.items())),
+        }
+
+    @property
+    def digest(self) -> str:
+        return sha256_bytes(canonical_json(self.manifest()))
+
+    def params(self, gate: str) -> dict[str, Any]:
+        """A gate's parameters: its declared defaults, overridden by the policy."""
+        from gates import catalog
+
+        cls = catalog.load(gate)
+        return {**cls.defaults, **self.gates.get(gate, {})}
+
+    def file(self, relpath: str) -> Path:
+        """A file the policy names, from disk or from the store (verified by digest)."""
+        if relpath not in self.files:
+            raise PolicyError(f"{relpath} is not a file named by the policy")
+        if self.root is not None:
+            return join_inside(self.root, relpath)
+        return self.blob_path(self.files[relpath])
+
+    def channel(self, name: str) -> ChannelPolicy:
+        if name not in self.channels:
+            known = ", ".join(sorted(self.channels)) or "none"
+            raise PolicyError(
+                f"channel {name!r} is not in the policy (channels: {known})",
+                "Add [channels.NAME] to the policy and `registry policy set` it.",
+            )
+        return self.channels[name]
+
+    def required_gates(self) -> list[str]:
+        """Every gate any channel requires, in the order first named."""
+        out: list[str] = []
+        for ch in self.channels.values():
+            out += [g for g in ch.require if g not in out]
+        return out
+
+
+def _is_file_key(key: str) -> bool:
+    return key in ("eval_set", "eval_sets") or key.endswith(("_file", "_files"))
+
+
+def _check_type(gate: str, key: str, value: Any, default: Any) -> None:
+    if default is None:
+        return
+    ok = (
+        isinstance(value, bool)
+        if isinstance(default, bool)
+        else isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(default, int | float)
+        else isinstance(value, type(default))
+    )
+    if not ok:
+        raise PolicyError(
+            f"[gates.{gate}] {key} must be a {type(default).__name__}, got {type(value).__name__}"
+        )
+
+
+def parse(text: str, root: Path | None, *, check_files: bool = True) -> Policy:
+    """Parse and validate policy TOML; hash the files it names when `root` is given."""
+    from gates import catalog
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"policy is not valid TOML: {exc}") from None
+    if extra := set(data) - {"channels", "gates"}:
+        raise PolicyError(f"unknown policy section(s): {', '.join(sorted(extra))}")
+    channels: dict[str, ChannelPolicy] = {}
+    for name, section in (data.get("channels") or {}).items():
+        try:
+            check_channel(name)
+        except UsageError as exc:
+            raise PolicyError(str(exc)) from None
+        if not isinstance(section, dict):
+            raise PolicyError(f"[channels.{name}] must be a table")
+        if extra := set(section) - CHANNEL_KEYS:
+            raise PolicyError(f"[channels.{name}] has unknown key(s): {', '.join(sorted(extra))}")
+        require = section.get("require", [])
+        if not isinstance(require, list) or not all(isinstance(g, str) for g in require):
+            raise PolicyError(f"[channels.{name}] require must be a list of gate names")
+        for g in require:
+            catalog.load(g) if g in catalog.entry_points() else _unknown_gate(g, f"channels.{name}")
+        actors = section.get("actors")
+        if actors is not None and (
+            not isinstance(actors, list) or not all(isinstance(a, str) for a in actors)
+        ):
+            raise PolicyError(f"[channels.{name}] actors must be a list of names")
+        after = section.get("after")
+        if after is not None and (not isinstance(after, str) or after == name):
+            raise PolicyError(f"[channels.{name}] after must name another channel")
+        channels[name] = ChannelPolicy(name, list(require), after, actors)
+    for name, ch in channels.items():
+        if ch.after is not None and ch.after not in channels:
+            raise PolicyError(f"[channels.{name}] after = {ch.after!r}, which the policy lacks")
+    gates: dict[str, dict[str, Any]] = {}
+    files: dict[str, str] = {}
+    for gate, section in (data.get("gates") or {}).items():
+        if gate not in catalog.entry_points():
+            _unknown_gate(gate, "gates")
+        cls = catalog.load(gate)
+        if not isinstance(section, dict):
+            raise PolicyError(f"[gates.{gate}] must be a table")
+        if extra := set(section) - set(cls.defaults):
+            keys = ", ".join(sorted(cls.defaults)) or "none"
+            raise PolicyError(
+                f"[gates.{gate}] has unknown key(s) {', '.join(sorted(extra))} (known: {keys})"
+            )
+        for key, value in section.items():
+            _check_type(gate, key, value, cls.defaults[key])
+            if _is_file_key(key):
+                for rel in value if isinstance(value, list) else [value]:
+                    if not isinstance(rel, str):
+                        raise PolicyError(f"[gates.{gate}] {key} must name files")
+                    files[check_relpath_policy(rel)] = ""
+        gates[gate] = dict(section)
+    if root is not None and check_files:
+        for rel in files:
+            path = join_inside(root, rel)
+            if not path.is_file():
+                raise PolicyError(f"policy names {rel}, which does not exist next to the policy")
+            files[rel] = sha256_bytes(path.read_bytes())
+    return Policy(text, channels, gates, files, root)
+
+
+def check_relpath_policy(rel: str) -> str:
+    try:
+        return check_relpath(rel)
+    except UsageError as exc:
+        raise PolicyError(f"policy file path {rel!r}: {exc}") from None
+
+
+def _unknown_gate(name: str, where: str) -> None:
+    from gates import catalog
+
+    raise PolicyError(
+        f"[{where}] names unknown gate {name!r} (known: {', '.join(catalog.names())})"
+    )
+
+
+def load_file(path: Path) -> Policy:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise PolicyError(f"policy file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise PolicyError(f"policy file {path} is not UTF-8") from None
+    return parse(text, path.resolve().parent)

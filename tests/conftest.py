@@ -1,0 +1,140 @@
+"""Shared fixtures: the tiny model project (built once per run), registries on SQLite and
+PostgreSQL, and an in-process CLI runner.
+
+Every registry fixture is parametrized over both databases: a PostgreSQL registry gets a
+fresh database of its own on the server at 127.0.0.1:5432 (override with
+REGISTRY_TEST_PG), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "examples"))
+
+PG_ADMIN = os.environ.get("REGISTRY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny project (base, tokenizer, adapter, dataset, config, evals), built once."""
+    import tinymodel
+
+    return tinymodel.build_tiny_project(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_ADMIN, connect_timeout=3):
+            return True
+    except Exception:
+        return False
+
+
+@contextlib.contextmanager
+def pg_database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database; yields its URL and drops it afterwards."""
+    import psycopg
+
+    name = f"reg_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    base = PG_ADMIN.rsplit("/", 1)[0]
+    try:
+        yield f"postgresql+psycopg://{base.split('://', 1)[1]}/{name}"
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "postgresql" and not _pg_available():
+        pytest.fail(f"PostgreSQL is not reachable at {PG_ADMIN}; .ci/run starts it")
+    return request.param
+
+
+@pytest.fixture
+def database_url(backend: str) -> Iterator[str | None]:
+    if backend == "sqlite":
+        yield None
+    else:
+        with pg_database() as url:
+            yield url
+
+
+@pytest.fixture
+def reg_path(tmp_path: Path, database_url: str | None, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An initialized, empty registry directory (on the parametrized database)."""
+    from registry.repo import Registry
+
+    monkeypatch.delenv("REGISTRY_HOME", raising=False)
+    monkeypatch.delenv("REGISTRY_DATABASE_URL", raising=False)
+    monkeypatch.setenv("REGISTRY_ACTOR", "tester")
+    path = tmp_path / "reg"
+    Registry.init(path, database_url).close()
+    return path
+
+
+@pytest.fixture
+def reg(reg_path: Path) -> Iterator[object]:
+    from registry.repo import Registry
+
+    r = Registry.open(reg_path)
+    yield r
+    r.close()
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str | Path, registry: Path | None = None) -> CliResult:
+    """Run `registry ARGS` in-process, as the console script does; capture output."""
+    from registry.cli import main
+
+    argv = (
+        ["registry"] + (["--registry", str(registry)] if registry else []) + [str(a) for a in args]
+    )
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    old = sys.argv
+    sys.argv = argv
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli(reg_path: Path):  # noqa: ANN201
+    """`cli("ls", "--json")` runs a command against the test registry."""
+    return lambda *args: run_cli(*args, registry=reg_path)
+
+
+def add_args(tiny: dict[str, Path], name: str = "support-bot") -> list[str]:
+    """The `registry add` arguments for the tiny project."""
+    return [
+        "add", name, "--base", str(tiny["base"]), "--adapter", str(tiny["adapter"]),
+        "--tokenizer", str(tiny["tokenizer"]), "--chat-template", str(tiny["chat_template"]),
+        "--dataset", str(tiny["dataset"]), "--config", str(tiny["config"]),
+    ]  # fmt: skip
