@@ -23,12 +23,15 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.digest import canonical_json, sha256_bytes
 from registry.errors import PolicyError, UsageError
 from registry.paths import check_relpath, join_inside
 from registry.refs import check_channel
+
+if TYPE_CHECKING:
+    from registry.repo import Registry
 
 SCHEMA = "registry.policy.v1"
 CHANNEL_KEYS = {"require", "after", "actors"}
@@ -118,8 +121,14 @@ def _check_type(gate: str, key: str, value: Any, default: Any) -> None:
         )
 
 
-def parse(text: str, root: Path | None, *, check_files: bool = True) -> Policy:
-    """Parse and validate policy TOML; hash the files it names when `root` is given."""
+def parse(
+    text: str, root: Path | None, *, check_files: bool = True, validate: bool = True
+) -> Policy:
+    """Parse and validate policy TOML; hash the files it names when `root` is given.
+
+    `validate=False` skips loading the gate classes (for a policy already validated when
+    it was set: rollback reads only its channels and must stay fast).
+    """
     from gates import catalog
 
     try:
@@ -141,8 +150,9 @@ def parse(text: str, root: Path | None, *, check_files: bool = True) -> Policy:
         require = section.get("require", [])
         if not isinstance(require, list) or not all(isinstance(g, str) for g in require):
             raise PolicyError(f"[channels.{name}] require must be a list of gate names")
-        for g in require:
-            catalog.load(g) if g in catalog.entry_points() else _unknown_gate(g, f"channels.{name}")
+        for g in require if validate else ():
+            if g not in catalog.entry_points():
+                _unknown_gate(g, f"channels.{name}")
         actors = section.get("actors")
         if actors is not None and (
             not isinstance(actors, list) or not all(isinstance(a, str) for a in actors)
@@ -158,11 +168,14 @@ def parse(text: str, root: Path | None, *, check_files: bool = True) -> Policy:
     gates: dict[str, dict[str, Any]] = {}
     files: dict[str, str] = {}
     for gate, section in (data.get("gates") or {}).items():
+        if not isinstance(section, dict):
+            raise PolicyError(f"[gates.{gate}] must be a table")
+        if not validate:
+            gates[gate] = dict(section)
+            continue
         if gate not in catalog.entry_points():
             _unknown_gate(gate, "gates")
         cls = catalog.load(gate)
-        if not isinstance(section, dict):
-            raise PolicyError(f"[gates.{gate}] must be a table")
         if extra := set(section) - set(cls.defaults):
             keys = ", ".join(sorted(cls.defaults)) or "none"
             raise PolicyError(
@@ -208,3 +221,93 @@ def load_file(path: Path) -> Policy:
     except UnicodeDecodeError:
         raise PolicyError(f"policy file {path} is not UTF-8") from None
     return parse(text, path.resolve().parent)
+
+
+# --- the policy in force, stored in the registry -----------------------------------------
+
+SETTING_KEY = "policy"
+
+
+def store(reg: Registry, policy: Policy, *, actor: str, reason: str = "") -> bool:
+    """Make `policy` the registry's policy: blobs first, then the setting and an audit event.
+
+    Returns False when that exact policy is already in force (nothing is recorded).
+    """
+    from registry import audit
+
+    if policy.root is None:
+        raise PolicyError("only a policy read from a file can be set")
+    for rel, digest in policy.files.items():
+        data = join_inside(policy.root, rel).read_bytes()
+        if sha256_bytes(data) != digest:
+            raise PolicyError(f"{rel} changed while the policy was being set; try again")
+        reg.store.put_bytes(data)
+    reg.store.put_bytes(policy.text.encode("utf-8"))
+    reg.store.put_bytes(canonical_json(policy.manifest()))
+    with reg.db.write() as conn:
+        current = conn.execute(
+            "SELECT value FROM setting WHERE key = :k", {"k": SETTING_KEY}
+        ).scalar()
+        if current == policy.digest:
+            return False
+        if current is None:
+            conn.execute(
+                "INSERT INTO setting (key, value) VALUES (:k, :v)",
+                {"k": SETTING_KEY, "v": policy.digest},
+            )
+        else:
+            conn.execute(
+                "UPDATE setting SET value = :v WHERE key = :k",
+                {"k": SETTING_KEY, "v": policy.digest},
+            )
+        audit.append(
+            conn, "policy", actor=actor, reason=reason or "policy set", policy_digest=policy.digest
+        )
+    return True
+
+
+def current_digest(reg: Registry) -> str | None:
+    with reg.db.read() as conn:
+        return conn.execute("SELECT value FROM setting WHERE key = :k", {"k": SETTING_KEY}).scalar()
+
+
+def load_stored(reg: Registry, digest: str, *, validate: bool = True) -> Policy:
+    """A policy from the store (its manifest digest), eval sets read from blobs."""
+    import json
+
+    manifest = json.loads(reg.store.read_bytes(digest))
+    if manifest.get("schema") != SCHEMA:
+        raise PolicyError(f"blob {digest} is not a policy manifest")
+    text = reg.store.read_bytes(manifest["policy"]).decode("utf-8")
+    policy = parse(text, None, check_files=False, validate=validate)
+    policy.files = dict(manifest["files"])
+    policy.blob_path = reg.store.path
+    return policy
+
+
+def current(reg: Registry, *, validate: bool = True) -> Policy | None:
+    """The policy in force, or None if none was ever set."""
+    digest = current_digest(reg)
+    return load_stored(reg, digest, validate=validate) if digest else None
+
+
+def info(reg: Registry) -> dict[str, Any] | None:
+    """The policy in force with who set it and when (for `registry policy show`)."""
+    digest = current_digest(reg)
+    if digest is None:
+        return None
+    with reg.db.read() as conn:
+        ev = conn.execute(
+            "SELECT actor, created_at, reason FROM event WHERE action = 'policy'"
+            " AND policy_digest = :d ORDER BY seq DESC LIMIT 1",
+            {"d": digest},
+        ).first()
+    policy = load_stored(reg, digest, validate=False)
+    return {
+        "digest": digest,
+        "set_by": ev.actor if ev else None,
+        "set_at": ev.created_at if ev else None,
+        "text": policy.text,
+        "files": policy.files,
+        "channels": {n: vars(c) for n, c in policy.channels.items()},
+    }

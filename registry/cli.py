@@ -309,6 +309,17 @@ def export(
         echo(f"base model: {info['base']}")
 
 
+def _register_groups() -> None:
+    # Command groups kept in their own modules; importing them is cheap (typer only).
+    from registry.commands import gates, policy, release
+
+    for group in (release, policy, gates):
+        group.register(app)
+
+
+_register_groups()
+
+
 def main() -> None:
     """Entry point: run the app, turning RegistryError into one line and an exit code."""
     debug = "--debug" in sys.argv or os.environ.get("REGISTRY_DEBUG") == "1"

@@ -1,0 +1,183 @@
+"""`registry gates run|show|list` and `registry train`: the gate engine's command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from registry.output import echo, emit_json, err, table
+
+gates_app = typer.Typer(help="Run and inspect release gates.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(gates_app, name="gates")
+
+
+def _policy(reg: Any, path: Path | None) -> Any:
+    from gates.policy import current, load_file
+    from registry.errors import PolicyError
+
+    if path is not None:
+        return load_file(path)
+    pol = current(reg)
+    if pol is None:
+        raise PolicyError(
+            "no policy is set and no --policy FILE was given",
+            "Run `registry policy set POLICY.toml` first.",
+        )
+    return pol
+
+
+@gates_app.command("run")
+def run(
+    ref: Annotated[str, typer.Argument(help="Bundle to gate.")],
+    gate: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gate",
+            "-g",
+            help="Gate to run (repeatable; default: every gate the policy requires).",
+        ),
+    ] = None,
+    policy: Annotated[
+        Path | None, typer.Option(help="Use this policy file instead of the one in force.")
+    ] = None,
+    channel: Annotated[
+        str | None,
+        typer.Option(
+            help="Only the gates this channel requires; its bundle is the rollback target."
+        ),
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Who (default: $REGISTRY_ACTOR).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Run gates on a bundle and record every result (exit 0 passed, 3 failed, 1 error)."""
+    import sys
+
+    from gates.engine import exit_code, run_gates
+    from registry.cli import actor_or_default, open_registry
+
+    reg = open_registry()
+    try:
+        pol = _policy(reg, policy)
+        names = list(gate or [])
+        if channel is not None and not names:
+            names = list(pol.channel(channel).require)
+        hook = None if json_out else _live_printer(sys.stderr.isatty())
+        records = run_gates(
+            reg,
+            ref,
+            pol,
+            gate_names=names or None,
+            channel=channel,
+            actor=actor_or_default(actor),
+            on_event=hook,
+        )
+    finally:
+        reg.close()
+    if json_out:
+        emit_json([vars(r) for r in records])
+    else:
+        echo(
+            table(
+                ["GATE", "STATUS", "SECONDS", "SUMMARY"],
+                [(r.gate, r.status.upper(), f"{r.seconds:.1f}", r.summary[:90]) for r in records],
+            )
+        )
+    code = exit_code(records)
+    if code:
+        raise typer.Exit(code)
+
+
+def _live_printer(tty: bool) -> Any:
+    """Progress lines on stderr: each gate's start, progress messages and result."""
+    import time
+
+    started: dict[str, float] = {}
+
+    def hook(gate: str, phase: str, message: str) -> None:
+        if phase == "start":
+            started[gate] = time.perf_counter()
+            err(f"[{gate}] running...")
+        elif phase == "progress":
+            if tty:
+                err(f"[{gate}] {message}")
+        else:
+            secs = time.perf_counter() - started.get(gate, time.perf_counter())
+            err(f"[{gate}] {phase.upper()} in {secs:.1f}s {message[:100]}")
+
+    return hook
+
+
+@gates_app.command("show")
+def show(
+    ref: Annotated[str, typer.Argument(help="Bundle.")],
+    evidence: Annotated[
+        int | None, typer.Option(help="Print the full evidence report of this run id.")
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every gate run of a bundle: gate, status, metrics, thresholds, evidence."""
+    from gates.engine import evidence as load_evidence
+    from gates.engine import runs_for
+    from registry.cli import open_registry
+    from registry.errors import UsageError
+
+    reg = open_registry()
+    try:
+        bundle, runs = runs_for(reg, ref)
+        if evidence is not None:
+            run = next((r for r in runs if r["id"] == evidence), None)
+            if run is None or not run["evidence_digest"]:
+                raise UsageError(f"run {evidence} is not a gate run of {ref}")
+            emit_json(load_evidence(reg, run["evidence_digest"]))
+            return
+    finally:
+        reg.close()
+    if json_out:
+        emit_json({"bundle": bundle, "runs": runs})
+        return
+    if not runs:
+        echo(f"no gate runs for {bundle['name']}:v{bundle['version']}; run `registry gates run`")
+        return
+    echo(f"{bundle['name']}:v{bundle['version']}  {bundle['digest']}")
+    for r in runs:
+        echo(
+            f"\n#{r['id']} {r['gate']} v{r['gate_version']}  {r['status'].upper()}"
+            f"  {r['ended_at'][:19]}  by {r['actor']}  policy {str(r['policy_digest'])[:19]}"
+        )
+        if r["error"]:
+            echo(f"  error: {r['error']}")
+        for k, v in sorted(r["metrics"].items()):
+            limit = r["thresholds"].get(k)
+            echo(
+                f"  {k} = {_num(v)}" + (f"  (threshold {_num(limit)})" if limit is not None else "")
+            )
+        for k, v in sorted(r["thresholds"].items()):
+            if k not in r["metrics"]:
+                echo(f"  threshold {k} = {_num(v)}")
+        for rel, digest in sorted(r["inputs"].items()):
+            echo(f"  read {rel} {digest[:19]}")
+        echo(f"  evidence: registry gates show {ref} --evidence {r['id']}")
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+@gates_app.command("list")
+def list_gates() -> None:
+    """The gates installed (entry-point group registry.gates) and their policy keys."""
+    from gates import catalog
+
+    rows = []
+    for name in catalog.names():
+        try:
+            cls = catalog.load(name)
+            rows.append((name, cls.version, ", ".join(sorted(cls.defaults)) or "-"))
+        except Exception as exc:  # a broken third-party gate should not hide the others
+            rows.append((name, "?", f"cannot load: {exc}"))
+    echo(table(["GATE", "VERSION", "POLICY KEYS"], rows))
