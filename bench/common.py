@@ -1,0 +1,38 @@
+"""Helpers shared by the benchmarks: timing, medians, synthetic registries."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REGISTRY = [sys.executable, "-m", "registry.cli"]
+BIN = Path(sys.executable).parent / "registry"
+
+
+def timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def median_of(fn: Callable[[], object], n: int) -> tuple[float, list[float]]:
+    times = [timed(fn) for _ in range(n)]
+    return statistics.median(times), times
+
+
+def run_process(args: list[str], cwd: Path | None = None) -> None:
+    """Run the installed `registry` console script, as a user would."""
+    proc = subprocess.run([str(BIN), *args], cwd=cwd, capture_output=True, text=True,
+                          env={**os.environ, "REGISTRY_ACTOR": "bench"})
+    if proc.returncode != 0:
+        raise SystemExit(f"registry {' '.join(args)} failed: {proc.stderr}")
+
+
+def fmt(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
