@@ -179,9 +179,25 @@ def list_bundles(reg: Registry, name: str | None = None) -> list[dict[str, Any]]
         held: dict[str, list[str]] = {}
         for r in conn.execute(f"SELECT channel, bundle_digest FROM channel{where}", {"n": name}):
             held.setdefault(r[1], []).append(r[0])
+        gates = gate_summary(conn)
     for r in out:
         r["tag"] = f"{r['name']}:v{r['version']}"
         r["channels"] = sorted(held.get(r["digest"], []))
+        r["gates"] = gates.get(r["digest"], {})
+    return out
+
+
+def gate_summary(conn: Any, digest: str | None = None) -> dict[str, dict[str, int]]:
+    """bundle digest -> {status: count} over the latest run of each gate."""
+    where = " WHERE bundle_digest = :d" if digest else ""
+    out: dict[str, dict[str, int]] = {}
+    for r in conn.execute(
+        "SELECT g.bundle_digest, g.status, COUNT(*) FROM gate_run g JOIN (SELECT MAX(id) AS id"
+        f" FROM gate_run{where} GROUP BY bundle_digest, gate) last ON g.id = last.id"
+        " GROUP BY g.bundle_digest, g.status",
+        {"d": digest},
+    ):
+        out.setdefault(r[0], {})[r[1]] = r[2]
     return out
 
 

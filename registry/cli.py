@@ -182,19 +182,25 @@ def ls_cmd(
         return
     echo(
         table(
-            ["TAG", "DIGEST", "SIZE", "CREATED", "CHANNELS"],
+            ["TAG", "DIGEST", "SIZE", "CREATED", "GATES", "CHANNELS"],
             [
                 (
                     r["tag"],
                     r["digest"][:19],
                     human_size(r["size"]),
                     r["created_at"][:19].replace("T", " "),
+                    gate_counts(r["gates"]),
                     ",".join(r["channels"]),
                 )
                 for r in items
             ],
         )
     )
+
+
+def gate_counts(counts: dict[str, int]) -> str:
+    """`3 passed, 1 failed` from {status: count}; `-` when no gate ran."""
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-"
 
 
 @app.command()

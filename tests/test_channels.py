@@ -199,6 +199,9 @@ def test_gate_engine_records_everything(bundles3, tmp_path, tiny) -> None:  # no
     cli("gates", "run", "support-bot:v1", "--gate", "fake-outcome")
     again = json.loads(cli("gates", "show", "support-bot:v1", "--json").out)["runs"]
     assert sum(r["gate"] == "fake-outcome" for r in again) == 2  # history is kept
+    listed = {r["tag"]: r["gates"] for r in json.loads(cli("ls", "--json").out)}
+    assert listed["support-bot:v1"] == {"passed": 2, "error": 1}  # latest run of each gate
+    assert listed["support-bot:v2"] == {}
     text = cli("gates", "show", "support-bot:v1").out
     assert "  score = 1\n" in text and "threshold min_score = 0.5" in text
 
