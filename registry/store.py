@@ -60,8 +60,93 @@ def hash_fd(fd: int, progress: Progress | None = None) -> tuple[str, int]:
     return f"sha256:{h.hexdigest()}", size
 
 
+SYNC_EVERY = 128 * 1024 * 1024
+_NO_KERNEL_COPY = (
+    errno.EXDEV,
+    errno.EINVAL,
+    errno.ENOSYS,
+    errno.EOPNOTSUPP,
+    errno.EBADF,
+    errno.ENOTSUP,
+)
+
+
+def kernel_copy_and_hash(
+    src_fd: int, dst_fd: int, progress: Progress | None = None
+) -> tuple[str, int]:
+    """Copy with copy_file_range (no user-space copy) and hash what landed in `dst`.
+
+    A copier thread moves 16 MiB chunks in the kernel and starts writeback every 128 MiB,
+    so the disk writes while the next chunks are copied; this thread hashes each chunk as
+    read back from `dst` (the page cache), so the digest is of exactly the stored bytes
+    even if the source changes meanwhile. Raises OSError when the kernel cannot copy
+    between these files (the caller falls back to `copy_and_hash`).
+    """
+    size = os.fstat(src_fd).st_size
+    # Probe once on the calling thread, so "unsupported" surfaces before any thread runs.
+    first = min(CHUNK, size)
+    done = 0
+    while done < first:
+        n = os.copy_file_range(src_fd, dst_fd, first - done, done, done)
+        if n == 0:
+            break
+        done += n
+    chunks: queue.Queue[tuple[int, int] | None] = queue.Queue(maxsize=8)
+    error: list[BaseException] = []
+    stop = threading.Event()
+
+    def copier() -> None:
+        off, since = done, done
+        chunks.put((0, done))
+        try:
+            while off < size and not stop.is_set():
+                k = min(CHUNK, size - off)
+                got = 0
+                while got < k:
+                    n = os.copy_file_range(src_fd, dst_fd, k - got, off + got, off + got)
+                    if n == 0:  # the source shrank under us
+                        break
+                    got += n
+                chunks.put((off, got))
+                off += got
+                since += got
+                if got < k:
+                    break
+                if since >= SYNC_EVERY:
+                    os.fdatasync(dst_fd)
+                    since = 0
+        except BaseException as exc:  # reported by the hashing thread
+            error.append(exc)
+        finally:
+            chunks.put(None)
+
+    thread = threading.Thread(target=copier, name="blob-copier", daemon=True)
+    thread.start()
+    h = hashlib.sha256()
+    buf = bytearray(CHUNK)
+    total = 0
+    try:
+        while (item := chunks.get()) is not None:
+            off, k = item
+            view = memoryview(buf)[:k]
+            got = os.preadv(dst_fd, [view], off)
+            h.update(view[:got])
+            total += got
+            if progress:
+                progress(got)
+    finally:
+        stop.set()
+        while thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                chunks.get(timeout=0.1)
+        thread.join()
+    if error:
+        raise error[0]
+    return f"sha256:{h.hexdigest()}", total
+
+
 def copy_and_hash(src_fd: int, dst_fd: int, progress: Progress | None = None) -> tuple[str, int]:
-    """Copy `src` to `dst` and hash the bytes in one pass.
+    """Copy `src` to `dst` and hash the bytes in one pass (user space).
 
     Reading+hashing and writing run in two threads (hashlib and os.write release the GIL),
     so the copy costs about as much as the hash alone. The writer starts writeback every
@@ -116,6 +201,19 @@ def copy_and_hash(src_fd: int, dst_fd: int, progress: Progress | None = None) ->
     return f"sha256:{h.hexdigest()}", size
 
 
+def _copy(src_fd: int, dst_fd: int, progress: Progress | None) -> tuple[str, int]:
+    """Kernel copy where the filesystems allow it, else the user-space pipeline."""
+    try:
+        return kernel_copy_and_hash(src_fd, dst_fd, progress)
+    except OSError as exc:
+        if exc.errno not in _NO_KERNEL_COPY:
+            raise
+    os.ftruncate(dst_fd, 0)
+    os.lseek(dst_fd, 0, os.SEEK_SET)
+    os.lseek(src_fd, 0, os.SEEK_SET)
+    return copy_and_hash(src_fd, dst_fd, progress)
+
+
 class BlobStore:
     """Blobs under `root/blobs`, named by their sha256."""
 
@@ -141,7 +239,7 @@ class BlobStore:
     def _tmpfile(self) -> tuple[int, Path]:
         self.tmp.mkdir(parents=True, exist_ok=True)
         name = self.tmp / f"{os.getpid()}-{threading.get_ident()}-{time.time_ns()}"
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         return fd, name
 
     def _touch(self, digest: str) -> None:
@@ -206,7 +304,7 @@ class BlobStore:
                     finally:
                         os.close(read_fd)
                 else:
-                    digest, size = copy_and_hash(src_fd, fd, progress)
+                    digest, size = _copy(src_fd, fd, progress)
                 os.fsync(fd)
             except BaseException:
                 os.close(fd)
@@ -257,12 +355,12 @@ class BlobStore:
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 if _try_reflink(src_fd, fd):
                     actual, n = hash_fd(src_fd)
                 else:
-                    actual, n = copy_and_hash(src_fd, fd)
+                    actual, n = _copy(src_fd, fd, None)
                 os.fsync(fd)
             finally:
                 os.close(fd)
