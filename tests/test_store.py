@@ -109,3 +109,37 @@ def test_sigkill_during_add_leaves_registry_consistent(cli, reg_path, tiny, tmp_
     assert cli("verify", "--all").code == 0
     assert cli("gc", "--grace", "0").out.count("temp files") == 1
     assert not any(tmpdir.iterdir())
+
+
+def test_falls_back_to_user_space_copy_across_filesystems(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import errno
+    import hashlib
+
+    def cross_device(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", cross_device)
+    store = BlobStore(tmp_path)
+    store.init()
+    data = os.urandom(9 * 1024 * 1024 + 7)
+    (tmp_path / "src").write_bytes(data)
+    desc = store.put_file(tmp_path / "src")
+    assert desc.digest == "sha256:" + hashlib.sha256(data).hexdigest()
+    assert store.path(desc.digest).read_bytes() == data
+    out = tmp_path / "out.bin"
+    store.copy_out(desc.digest, desc.size, out)
+    assert out.read_bytes() == data
+
+
+def test_copy_out_refuses_a_corrupt_blob(tmp_path) -> None:  # noqa: ANN001
+    from registry.errors import IntegrityError
+
+    store = BlobStore(tmp_path)
+    store.init()
+    desc = store.put_bytes(b"hello world")
+    path = store.path(desc.digest)
+    os.chmod(path, 0o644)
+    path.write_bytes(b"hello w0rld")
+    with pytest.raises(IntegrityError, match="corrupt"):
+        store.copy_out(desc.digest, desc.size, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
