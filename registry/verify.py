@@ -86,7 +86,24 @@ def referenced(reg: Registry, ref: str | None) -> Iterator[tuple[Descriptor | st
             ]
     for digest, where in bundles:
         yield from bundle_blobs(reg, digest, where)
-    yield from extra
+    for digest, where in extra:
+        yield digest, where
+        if where == "policy":
+            yield from policy_blobs(reg, digest)
+
+
+def policy_blobs(reg: Registry, digest: str) -> Iterator[tuple[str, str]]:
+    """The TOML and eval-set blobs a stored policy manifest names."""
+    import json
+
+    try:
+        manifest = json.loads(reg.store.read_bytes(digest))
+    except (RegistryError, ValueError):
+        return
+    if isinstance(manifest, dict) and isinstance(manifest.get("policy"), str):
+        yield manifest["policy"], "policy text"
+        for rel, d in sorted((manifest.get("files") or {}).items()):
+            yield d, f"policy file {rel}"
 
 
 def verify(
