@@ -189,6 +189,16 @@ def parse(
                         raise PolicyError(f"[gates.{gate}] {key} must name files")
                     files[check_relpath_policy(rel)] = ""
         gates[gate] = dict(section)
+    if validate and root is not None:
+        # A gate's default eval set (e.g. evals/target.jsonl) counts as named by the policy
+        # when it exists beside it, so it is hashed into the digest and stored with it.
+        wanted = set(gates) | {g for ch in channels.values() for g in ch.require}
+        for gate in sorted(wanted):
+            for key, default in catalog.load(gate).defaults.items():
+                if _is_file_key(key) and key not in gates.get(gate, {}) and default:
+                    for rel in default if isinstance(default, list) else [default]:
+                        if join_inside(root, check_relpath_policy(rel)).is_file():
+                            files.setdefault(rel, "")
     if root is not None and check_files:
         for rel in files:
             path = join_inside(root, rel)

@@ -166,11 +166,27 @@ def add(
 @app.command("ls")
 def ls_cmd(
     name: Annotated[str | None, typer.Argument(help="Only this bundle name.")] = None,
+    remote: Annotated[
+        str | None, typer.Option("--remote", "-r", help="List what this remote holds instead.")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List bundles, newest version first, with the channels that hold them."""
     from registry import bundles
 
+    if remote is not None:
+        from registry.commands.remote import ls_remote, render_ls_remote
+
+        reg = open_registry()
+        try:
+            held = [e for e in ls_remote(reg, remote) if name is None or e["name"] == name]
+        finally:
+            reg.close()
+        if json_out:
+            emit_json(held)
+        else:
+            echo(render_ls_remote(held, remote))
+        return
     reg = open_registry()
     items = bundles.list_bundles(reg, name)
     reg.close()
@@ -317,9 +333,9 @@ def export(
 
 def _register_groups() -> None:
     # Command groups kept in their own modules; importing them is cheap (typer only).
-    from registry.commands import gates, policy, release
+    from registry.commands import gates, policy, release, remote, tui
 
-    for group in (release, policy, gates):
+    for group in (release, policy, gates, remote, tui):
         group.register(app)
 
 

@@ -14,6 +14,59 @@ gates_app = typer.Typer(help="Run and inspect release gates.", no_args_is_help=T
 
 def register(app: typer.Typer) -> None:
     app.add_typer(gates_app, name="gates")
+    app.command("train")(train)
+
+
+def train(
+    from_ref: Annotated[
+        str, typer.Option("--from", help="Bundle to train from: its base, and by default its"
+                          " dataset and config.")
+    ],
+    name: Annotated[str, typer.Option(help="Name to register the new bundle under.")],
+    dataset: Annotated[
+        Path | None, typer.Option(help="Dataset directory of JSONL splits (default: the bundle's).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Training config, YAML/JSON/TOML (default: the bundle's).")
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Who (default: $REGISTRY_ACTOR).")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """LoRA fine-tune a bundle's base; register the result (parent = --from). Exit 3 if the
+    train run failed (loss did not fall, or overfitting)."""
+    import sys
+
+    from gates.engine import runs_for
+    from gates.train import train_bundle
+    from registry.cli import actor_or_default, open_registry
+
+    reg = open_registry()
+    try:
+        res = train_bundle(
+            reg, from_ref, name=name, dataset=dataset, config=config,
+            actor=actor_or_default(actor),
+            progress=(lambda m: err(f"[train] {m}")) if sys.stderr.isatty() else None,
+        )  # fmt: skip
+        _, runs = runs_for(reg, res.tag)
+    finally:
+        reg.close()
+    run = next((r for r in runs if r["gate"] == "train"), None)
+    status = run["status"] if run else "missing"
+    if json_out:
+        emit_json({"tag": res.tag, "digest": res.digest, "created": res.created,
+                   "train": {"status": status, "run": run and run["id"],
+                             "metrics": run["metrics"] if run else {}}})  # fmt: skip
+    else:
+        again = "" if res.created else " (identical content was already registered)"
+        echo(f"registered {res.tag} {res.digest}{again}")
+        if run:
+            m = run["metrics"]
+            echo(f"train {status.upper()}: {m.get('steps')} steps, train loss"
+                 f" {_num(m.get('initial_train_loss'))} -> {_num(m.get('final_train_loss'))},"
+                 f" overfitting {m.get('overfitting')}")
+            echo(f"  details: registry gates show {res.tag} --evidence {run['id']}")
+    if status == "failed":
+        raise typer.Exit(3)
 
 
 def _policy(reg: Any, path: Path | None) -> Any:

@@ -1,0 +1,263 @@
+"""S3 remote benchmarks against moto's server on loopback (run by hand; see
+bench/README.remotes.md for the figures and what they mean).
+
+    .venv/bin/python bench/bench_remote_s3.py [--size-mib 1024] [--aws /path/to/aws]
+
+1. push of a new bundle with a SIZE base: throughput / raw boto3 upload_file of the
+   same bytes (default TransferConfig, timed before and after the push; and with the
+   registry's part size and SHA-256 part checksums);
+2. push of a second bundle sharing that base: bytes sent / bytes of its new blobs, and
+   its time / the first push's;
+3. pull onto an empty registry (every digest verified): throughput / raw boto3
+   download_file (default TransferConfig, and 64 MiB parts x 8 threads);
+4. `aws s3 sync` of the pushed store's blob directory, up and down, if awscli is found.
+
+moto runs in its own process (`python -m moto.server`) so it does not share the GIL with
+the client; on a 2-core machine it still shares the CPUs, so every figure here is a ratio
+from one run, not an absolute speed of S3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+MiB = 1024 * 1024
+
+ENV = {
+    "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    "REGISTRY_ACTOR": "bench",
+}  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    for _ in range(200):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def write_safetensors(path: Path, size: int) -> None:
+    header = json.dumps({"w": {"dtype": "U8", "shape": [size], "data_offsets": [0, size]}})
+    raw = header.encode() + b" " * (-len(header) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(raw)) + raw)
+        left = size
+        while left:
+            n = min(left, 64 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def make_project(work: Path, size: int) -> dict[str, Path]:
+    base, a1, a2 = work / "base", work / "adapter1", work / "adapter2"
+    for d in (base, a1, a2):
+        d.mkdir()
+    (base / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64}))
+    write_safetensors(base / "model.safetensors", size)
+    for i, d in enumerate((a1, a2)):
+        (d / "adapter_config.json").write_text(
+            json.dumps(
+                {
+                    "peft_type": "LORA",
+                    "task_type": "CAUSAL_LM",
+                    "r": 8,
+                    "lora_alpha": 16 + i,
+                    "target_modules": ["q_proj", "v_proj"],
+                    "base_model_name_or_path": "base",
+                }
+            )
+        )
+        write_safetensors(d / "adapter_model.safetensors", 8 * MiB)
+    return {"base": base, "adapter1": a1, "adapter2": a2}
+
+
+def add(reg: object, base: Path, adapter: Path) -> str:
+    from registry import bundles
+    from registry.ingest.stage import stage_bundle
+
+    comps, _ = stage_bundle(
+        reg, base=str(base), adapter=adapter, tokenizer=None, chat_template=None, dataset=None,
+        config=None, from_dir=None, full=False, license=None, allow_pickle=False,
+    )  # fmt: skip
+    return bundles.add(reg, "bench-bot", comps, actor="bench").tag
+
+
+def timed(fn) -> tuple[float, object]:  # noqa: ANN001
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def rate(nbytes: int, seconds: float) -> str:
+    return f"{nbytes / MiB / seconds:.1f} MiB/s"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--aws", default=shutil.which("aws"), help="awscli executable")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args()
+    os.environ.update(ENV)
+    import boto3
+
+    from registry.remotes.base import add_remote, open_remote
+    from registry.remotes.s3 import download_config, upload_config
+    from registry.repo import Registry
+
+    work = Path(tempfile.mkdtemp(prefix="bench-s3-", dir=args.workdir))
+    moto, endpoint = start_moto()
+    results: dict[str, object] = {"size_mib": args.size_mib}
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="bench")
+        size = args.size_mib * MiB
+        print(f"building a {args.size_mib} MiB base in {work} ...", flush=True)
+        proj = make_project(work, size)
+        reg_a = Registry.init(work / "a")
+        tag1 = add(reg_a, proj["base"], proj["adapter1"])
+        tag2 = add(reg_a, proj["base"], proj["adapter2"])
+        add_remote(reg_a, "origin", "s3://bench/store", endpoint_url=endpoint)
+        blob = proj["base"] / "model.safetensors"
+        fsize = blob.stat().st_size
+
+        # --- baselines: raw boto3 on the same bytes ---------------------------------------
+        # moto keeps objects in memory and slows down as it holds more, so each baseline
+        # object is deleted once timed, and the default baseline is taken before and after
+        # the push (their mean is the reference).
+        def raw_upload(**kwargs: object) -> float:
+            t, _ = timed(lambda: s3.upload_file(str(blob), "bench", "raw/up", **kwargs))
+            s3.delete_object(Bucket="bench", Key="raw/up")
+            return t
+
+        t_up_before = raw_upload()
+        t_up_sha = raw_upload(Config=upload_config(), ExtraArgs={"ChecksumAlgorithm": "SHA256"})
+
+        # --- 1. push a new bundle ----------------------------------------------------------
+        remote = open_remote(reg_a, "origin")
+        t_push1, r1 = timed(lambda: remote.push(reg_a, tag1, actor="bench"))
+        t_up_after = raw_upload()
+        t_up_default = (t_up_before + t_up_after) / 2
+        print(f"raw upload_file: default {rate(fsize, t_up_before)} before the push,"
+              f" {rate(fsize, t_up_after)} after; registry's parts + SHA-256 checksums"
+              f" {rate(fsize, t_up_sha)}", flush=True)  # fmt: skip
+        print(f"push {tag1}: {r1.bytes_sent / MiB:.0f} MiB in {t_push1:.1f} s"
+              f" = {rate(r1.bytes_sent, t_push1)}", flush=True)  # fmt: skip
+        # --- 2. push a second bundle sharing the base ---------------------------------------
+        t_push2, r2 = timed(lambda: remote.push(reg_a, tag2, actor="bench"))
+        new_bytes = r2.bytes_sent
+        from registry.remotes.sync import load_local
+
+        _row1, b1 = load_local(reg_a, tag1)
+        _row2, b2 = load_local(reg_a, tag2)
+        new_files = {d: s for d, s in b2.file_blobs().items() if d not in b1.file_blobs()}
+        manifests = sum(len(data) for d, data in b2.manifest_blobs()
+                        if d not in dict(b1.manifest_blobs()))  # fmt: skip
+        print(
+            f"push {tag2}: sent {new_bytes} bytes; new file blobs {sum(new_files.values())}"
+            f" bytes + manifests {manifests} bytes; {t_push2:.2f} s",
+            flush=True,
+        )
+
+        # --- 3. pull onto an empty registry ------------------------------------------------
+        s3.upload_file(str(blob), "bench", "raw/default")
+        t_down_default, _ = timed(
+            lambda: s3.download_file("bench", "raw/default", str(work / "raw-default"))
+        )
+        t_down_tuned, _ = timed(
+            lambda: s3.download_file(
+                "bench", "raw/default", str(work / "raw-tuned"), Config=download_config()
+            )
+        )
+        s3.delete_object(Bucket="bench", Key="raw/default")
+        for p in ("raw-default", "raw-tuned"):
+            (work / p).unlink()
+        print(f"raw download_file: default {rate(fsize, t_down_default)},"
+              f" 64 MiB x 8 {rate(fsize, t_down_tuned)}", flush=True)  # fmt: skip
+        reg_b = Registry.init(work / "b")
+        add_remote(reg_b, "origin", "s3://bench/store", endpoint_url=endpoint)
+        t_pull, rp = timed(lambda: open_remote(reg_b, "origin").pull(reg_b, tag1, actor="b"))
+        print(f"pull {tag1}: {rp.bytes_fetched / MiB:.0f} MiB in {t_pull:.1f} s"
+              f" = {rate(rp.bytes_fetched, t_pull)} (verified)", flush=True)  # fmt: skip
+        from registry.verify import verify
+
+        assert verify(reg_b, tag1).ok
+
+        results.update({
+            "raw_upload_default_mib_s": fsize / MiB / t_up_default,
+            "raw_upload_default_before_after_mib_s": [fsize / MiB / t_up_before,
+                                                      fsize / MiB / t_up_after],
+            "push_mib_s": r1.bytes_sent / MiB / t_push1,
+            "push_ratio_vs_default": (r1.bytes_sent / t_push1) / (fsize / t_up_default),
+            "raw_upload_sha256_mib_s": fsize / MiB / t_up_sha,
+            "push_ratio_vs_sha256": (r1.bytes_sent / t_push1) / (fsize / t_up_sha),
+            "second_push_bytes_sent": new_bytes,
+            "second_push_new_blob_bytes": sum(new_files.values()),
+            "second_push_manifest_bytes": manifests,
+            "second_push_ratio": new_bytes / sum(new_files.values()),
+            "second_push_time_ratio": t_push2 / t_push1,
+            "raw_download_default_mib_s": fsize / MiB / t_down_default,
+            "raw_download_tuned_mib_s": fsize / MiB / t_down_tuned,
+            "pull_mib_s": rp.bytes_fetched / MiB / t_pull,
+            "pull_ratio_vs_default": (rp.bytes_fetched / t_pull) / (fsize / t_down_default),
+            "pull_ratio_vs_tuned": (rp.bytes_fetched / t_pull) / (fsize / t_down_tuned),
+        })  # fmt: skip
+
+        # --- 4. aws s3 sync of the same store ------------------------------------------------
+        if args.aws:
+            src = reg_a.root / "blobs" / "sha256"
+
+            def sync(a: str, b: str) -> float:
+                cmd = [args.aws, "s3", "sync", a, b, "--only-show-errors", "--endpoint-url",
+                       endpoint]  # fmt: skip
+                return timed(lambda: subprocess.run(cmd, check=True))[0]
+
+            t_sync_up = sync(str(src), "s3://bench/awssync")
+            t_sync_again = sync(str(src), "s3://bench/awssync")
+            t_sync_down = sync("s3://bench/awssync", str(work / "awsdown"))
+            store_bytes = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
+            print(f"aws s3 sync up {rate(store_bytes, t_sync_up)}, again (no change)"
+                  f" {t_sync_again:.2f} s, down {rate(store_bytes, t_sync_down)}",
+                  flush=True)  # fmt: skip
+            results.update({"aws_sync_up_mib_s": store_bytes / MiB / t_sync_up,
+                            "aws_sync_noop_s": t_sync_again,
+                            "aws_sync_down_mib_s": store_bytes / MiB / t_sync_down})  # fmt: skip
+        reg_a.close()
+        reg_b.close()
+    finally:
+        moto.terminate()
+        moto.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

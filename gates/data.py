@@ -1,0 +1,949 @@
+"""The dataset-audit gate: format, duplicates, contamination, license and truncation.
+
+Text similarity works on word n-grams ("shingles") of the lower-cased text with ASCII
+punctuation removed. Each word is hashed once (CRC-32, so results are the same on every
+run and machine; two distinct words share a hash with probability 2^-32), n-grams are
+combined into 64-bit hashes with numpy, and everything after that is vectorised:
+
+- exact duplicates: rows whose text is equal after normalising whitespace and case;
+- near duplicates: MinHash signatures (`num_perm` multiplicative permutations of the
+  64-bit shingle hashes) banded for LSH (`b` bands of `r` rows, chosen so a pair at the
+  threshold becomes a candidate with probability >= 0.99), then every candidate pair is
+  verified with its exact Jaccard similarity, so no false positive is ever reported;
+- contamination: an eval item is in a row when the row holds its exact text, its exact
+  prompt, or at least `contamination_threshold` of its n-grams (containment, found with an
+  exact inverted index, not a sketch).
+
+The LSH banding is the same scheme as `datasketch.MinHashLSH`, done on arrays: inserting
+100,000 LeanMinHash objects into MinHashLSH costs more than the whole audit does here (see
+bench/bench_dataset_audit.py, which measures both against an exact all-pairs baseline).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gates.base import Gate, GateContext, GateResult, require_component
+from registry.errors import GateError
+from registry.ingest.dataset import row_format
+
+ROLES = ["system", "user", "assistant", "tool"]
+FORMATS = ("auto", "chat", "prompt_completion", "text")
+LICENSES = ["apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc0-1.0"]
+MAX_LEN_KEYS = ("max_seq_len", "max_seq_length", "max_length", "cutoff_len", "sequence_len")
+COMMON_DF = 10  # n-grams in more eval items than this are boilerplate for the join
+MAX_BUCKET = 64  # an LSH bucket larger than this is linked as a chain, not all pairs
+TEXT_CHARS = 200  # characters of a row shown in evidence
+LENGTH_SAMPLE = 10_000  # rows always tokenized for the token-length percentiles
+
+_M = np.uint64(0x9E3779B97F4A7C15)
+_PUNCT = bytes(
+    32 if (0 < b < 128 and not chr(b).isalnum() and b != ord("_")) else b for b in range(256)
+)
+
+
+def _mix(z: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser, elementwise (wrapping uint64 arithmetic)."""
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def normalize(text: str) -> str:
+    """Case and whitespace folded: the key for exact duplicates."""
+    return " ".join(text.lower().split())
+
+
+# --- shingles and MinHash ------------------------------------------------------------------
+
+
+@dataclass
+class Shingles:
+    """The n-gram hashes of many texts: text i owns hashes[offsets[i]:offsets[i + 1]]."""
+
+    hashes: np.ndarray  # uint64
+    offsets: np.ndarray  # int64, len(texts) + 1
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def counts(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def row_ids(self) -> np.ndarray:
+        return np.repeat(np.arange(len(self), dtype=np.int64), self.counts())
+
+    def unique(self, i: int) -> np.ndarray:
+        return np.unique(self.hashes[self.offsets[i] : self.offsets[i + 1]])
+
+
+def shingle(texts: list[str], n: int) -> Shingles:
+    """Word n-gram hashes of each text (a text shorter than n words is one shingle)."""
+    if n < 1:
+        raise GateError("ngram must be at least 1")
+    if not texts:
+        return Shingles(np.empty(0, np.uint64), np.zeros(1, np.int64))
+    big = "\x00".join(t.replace("\x00", " ") for t in texts).lower()
+    words: list[bytes] = []
+    counts = np.empty(len(texts), dtype=np.int64)
+    for i, row in enumerate(big.encode("utf-8").translate(_PUNCT).split(b"\x00")):
+        ws = row.split()
+        counts[i] = len(ws)
+        words.extend(ws)
+    total = len(words)
+    wh = _mix(np.fromiter(map(zlib.crc32, words), np.uint64, total))
+    del words
+    wrow = np.repeat(np.arange(len(texts), dtype=np.int64), counts)
+    parts_h, parts_r = [], []
+    if total >= n:
+        m = total - n + 1
+        h = wh[:m].copy()
+        for k in range(1, n):
+            h = _mix(h * _M + wh[k : m + k])
+        keep = wrow[:m] == wrow[n - 1 :]
+        parts_h.append(h[keep])
+        parts_r.append(wrow[:m][keep])
+    short = np.flatnonzero((counts > 0) & (counts < n))
+    if short.size:  # rows with fewer than n words: one shingle of all their words
+        starts = np.concatenate(([0], np.cumsum(counts)))[short]
+        h = wh[starts].copy()
+        for k in range(1, int(counts[short].max())):
+            more = counts[short] > k
+            h[more] = _mix(h[more] * _M + wh[starts[more] + k])
+        parts_h.append(h)
+        parts_r.append(short)
+    hashes = np.concatenate(parts_h) if parts_h else np.empty(0, np.uint64)
+    rows = np.concatenate(parts_r) if parts_r else np.empty(0, np.int64)
+    if short.size:
+        order = np.argsort(rows, kind="stable")
+        hashes, rows = hashes[order], rows[order]
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(texts)), out=offsets[1:])
+    return Shingles(hashes, offsets)
+
+
+def minhash(sh: Shingles, num_perm: int, seed: int = 1) -> np.ndarray:
+    """(texts x num_perm) signatures: min over each text's shingles of a_k * x (mod 2^64),
+    high 32 bits kept. Texts without shingles get all-ones rows (never candidates)."""
+    rng = np.random.default_rng(seed)
+    mult = rng.integers(0, 2**63, num_perm, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+    sig = np.full((len(sh), num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+    nonempty = np.flatnonzero(sh.counts() > 0)
+    if not nonempty.size:
+        return sig
+    starts = sh.offsets[nonempty]
+    buf = np.empty(sh.hashes.size, dtype=np.uint64)
+    for k in range(num_perm):
+        np.multiply(sh.hashes, mult[k], out=buf)
+        sig[nonempty, k] = np.minimum.reduceat(buf, starts) >> np.uint64(32)
+    return sig
+
+
+def lsh_params(threshold: float, num_perm: int, recall: float = 0.99) -> tuple[int, int]:
+    """(bands, rows per band): the most rows per band (fewest false candidates) that still
+    makes a pair at `threshold` a candidate with probability >= `recall`."""
+    best = (num_perm, 1)
+    for r in range(1, num_perm + 1):
+        b = num_perm // r
+        if 1 - (1 - threshold**r) ** b >= recall:
+            best = (b, r)
+    return best
+
+
+def candidate_pairs(sig: np.ndarray, bands: int, rows: int, valid: np.ndarray) -> np.ndarray:
+    """Pairs (i < j) that share a bucket in any band; `valid` selects the texts to index."""
+    idx = np.flatnonzero(valid)
+    coef = _mix(np.arange(1, rows + 1, dtype=np.uint64)) | np.uint64(1)
+    found: set[int] = set()
+    total = len(sig)
+    for b in range(bands):
+        band = sig[idx, b * rows : (b + 1) * rows].astype(np.uint64)
+        keys = _mix((band * coef).sum(axis=1, dtype=np.uint64) + np.uint64(b))
+        order = np.argsort(keys, kind="stable")
+        ks = keys[order]
+        cut = np.flatnonzero(ks[1:] != ks[:-1]) + 1
+        starts = np.concatenate(([0], cut))
+        ends = np.concatenate((cut, [len(ks)]))
+        for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1], strict=True):
+            members = sorted(idx[order[s:e]].tolist())
+            if len(members) <= MAX_BUCKET:
+                pairs: Iterable[tuple[int, int]] = itertools.combinations(members, 2)
+            else:  # a huge bucket: a chain plus a star keeps the work linear
+                pairs = itertools.chain(
+                    zip(members, members[1:], strict=False),
+                    ((members[0], m) for m in members[2:]),
+                )
+            found.update(i * total + j for i, j in pairs)
+    keys = np.fromiter(found, np.int64, len(found))
+    keys.sort()
+    return np.stack((keys // total, keys % total), axis=1)
+
+
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two sorted unique hash arrays."""
+    if not a.size and not b.size:
+        return 1.0
+    inter = np.intersect1d(a, b, assume_unique=True).size
+    return inter / (a.size + b.size - inter)
+
+
+def near_duplicate_pairs(
+    sh: Shingles, threshold: float, num_perm: int, seed: int = 1
+) -> tuple[list[tuple[int, int, float]], dict[str, Any]]:
+    """Verified pairs (i, j, jaccard >= threshold) among all texts, and the LSH stats."""
+    bands, rows = lsh_params(threshold, num_perm)
+    sig = minhash(sh, bands * rows, seed)
+    cands = candidate_pairs(sig, bands, rows, sh.counts() > 0)
+    cache: dict[int, np.ndarray] = {}
+
+    def uniq(i: int) -> np.ndarray:
+        if i not in cache:
+            cache[i] = sh.unique(i)
+        return cache[i]
+
+    pairs = []
+    for i, j in cands.tolist():
+        sim = jaccard(uniq(i), uniq(j))
+        if sim >= threshold:
+            pairs.append((i, j, sim))
+    stats = {"bands": bands, "rows_per_band": rows, "candidates": len(cands)}
+    return pairs, stats
+
+
+def containment_pairs(
+    rows: Shingles, items: Shingles, threshold: float, min_ngrams: int = 1
+) -> list[tuple[int, int, float]]:
+    """(row, item, c): at least `threshold` of item's distinct n-grams occur in the row.
+
+    Items with fewer than `min_ngrams` distinct n-grams are skipped (on a handful of
+    n-grams one shared phrase decides). An exact inverted index over the items' n-grams;
+    n-grams that occur in very many items (boilerplate) are left out of the join, but
+    counted when a candidate is verified.
+    """
+    if not len(items) or not rows.hashes.size or not items.hashes.size:
+        return []
+    irow = items.row_ids()
+    order = np.lexsort((items.hashes, irow))
+    ih, ir = items.hashes[order], irow[order]
+    keep = np.ones(ih.size, dtype=bool)
+    keep[1:] = (ih[1:] != ih[:-1]) | (ir[1:] != ir[:-1])
+    ih, ir = ih[keep], ir[keep]
+    size = np.bincount(ir, minlength=len(items))
+    uniq_h, inv, df = np.unique(ih, return_inverse=True, return_counts=True)
+    common = df[inv] > COMMON_DF
+    n_common = np.bincount(ir[common], minlength=len(items))
+    order = np.argsort(ih[~common], kind="stable")
+    jh, jr = ih[~common][order], ir[~common][order]
+    if not jh.size:
+        return []
+    table = np.zeros(1 << 24, dtype=bool)  # a one-hash Bloom filter: skips most row n-grams
+    table[(jh >> np.uint64(40)).astype(np.int64)] = True
+    maybe = np.flatnonzero(table[(rows.hashes >> np.uint64(40)).astype(np.int64)])
+    pos = np.minimum(np.searchsorted(jh, rows.hashes[maybe]), jh.size - 1)
+    hit = maybe[jh[pos] == rows.hashes[maybe]]
+    th, tr = rows.hashes[hit], np.searchsorted(rows.offsets, hit, "right") - 1
+    if not th.size:
+        return []
+    o = np.lexsort((th, tr))
+    th, tr = th[o], tr[o]
+    first = np.ones(th.size, dtype=bool)
+    first[1:] = (th[1:] != th[:-1]) | (tr[1:] != tr[:-1])
+    th, tr = th[first], tr[first]
+    lo = np.searchsorted(jh, th, "left")
+    cnt = np.searchsorted(jh, th, "right") - lo
+    rep_rows = np.repeat(tr, cnt)
+    starts = np.repeat(lo - (np.cumsum(cnt) - cnt), cnt)
+    rep_items = jr[starts + np.arange(rep_rows.size)]
+    keys, hits = np.unique(rep_rows * len(items) + rep_items, return_counts=True)
+    r_idx, i_idx = keys // len(items), keys % len(items)
+    possible = (hits + n_common[i_idx] >= threshold * size[i_idx]) & (size[i_idx] >= min_ngrams)
+    out = []
+    for r, i in zip(r_idx[possible].tolist(), i_idx[possible].tolist(), strict=True):
+        item = items.unique(i)
+        c = np.intersect1d(rows.unique(r), item, assume_unique=True).size / item.size
+        if c >= threshold:
+            out.append((r, i, c))
+    return out
+
+
+# --- rows ------------------------------------------------------------------------------------
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # content blocks: [{"type": "text", "text": ...}]
+        return "\n".join(b["text"] for b in content if isinstance(b, dict) and "text" in b)
+    return ""
+
+
+def check_messages(msgs: Any, roles: list[str]) -> str | None:
+    """Why a chat conversation is not trainable, or None."""
+    if not isinstance(msgs, list) or not msgs:
+        return "messages must be a non-empty list"
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict):
+            return f"message {i} is not an object"
+        role, content = m.get("role"), m.get("content")
+        if role not in roles:
+            return f"message {i} has role {role!r} (allowed: {', '.join(roles)})"
+        if role == "system" and i != 0:
+            return f"message {i} is a system message after the first turn"
+        if not isinstance(content, str | list) and not (role == "assistant" and content is None):
+            return f"message {i} content must be a string or a list of content blocks"
+    last = msgs[-1]
+    if last.get("role") != "assistant":
+        return f"the final message is from {last.get('role')!r}, not the assistant"
+    if not _content_text(last.get("content")).strip():
+        return "the final assistant message is empty"
+    return None
+
+
+def check_row(row: Any, fmt: str, roles: list[str]) -> str | None:
+    """Why a row is not valid for the trainer's format, or None."""
+    if not isinstance(row, dict):
+        return "row is not a JSON object"
+    if fmt == "chat":
+        if "messages" not in row:
+            return "chat row has no 'messages'"
+        return check_messages(row["messages"], roles)
+    if fmt == "prompt_completion":
+        p, c = row.get("prompt"), row.get("completion")
+        if isinstance(p, list) and isinstance(c, list):
+            return check_messages(p + c, roles)
+        if not isinstance(p, str) or not isinstance(c, str):
+            return "prompt and completion must both be strings (or both message lists)"
+        return None if c.strip() else "completion is empty"
+    text = row.get("text")
+    return None if isinstance(text, str) and text.strip() else "text must be a non-empty string"
+
+
+TEXT_KEYS = (
+    "text",
+    "prompt",
+    "question",
+    "instruction",
+    "input",
+    "context",
+    "completion",
+    "answer",
+    "response",
+    "output",
+)
+
+
+def row_texts(row: dict[str, Any]) -> tuple[str, str]:
+    """(full text, prompt text) of any row: chat, prompt/completion, or plain fields."""
+    msgs = row.get("messages")
+    if isinstance(msgs, list):
+        msgs = [m for m in msgs if isinstance(m, dict)]
+        full = "\n".join(_content_text(m.get("content")) for m in msgs)
+        ask = [m for m in msgs if m.get("role") in ("user", "system")]
+        return full, "\n".join(_content_text(m.get("content")) for m in ask)
+    p, c = row.get("prompt"), row.get("completion")
+    if isinstance(p, list) or isinstance(c, list):
+        p_text = row_texts({"messages": p if isinstance(p, list) else []})[0]
+        c_text = row_texts({"messages": c if isinstance(c, list) else []})[0]
+        return f"{p_text}\n{c_text}", p_text
+    if isinstance(p, str):
+        return f"{p}\n{c}" if isinstance(c, str) else p, p
+    values = [row[k] for k in TEXT_KEYS if isinstance(row.get(k), str)]
+    if not values:
+        values = [v for v in row.values() if isinstance(v, str)]
+    prompt = next((row[k] for k in TEXT_KEYS[:6] if isinstance(row.get(k), str)), "")
+    return "\n".join(values), prompt
+
+
+@dataclass
+class Rows:
+    """Valid rows of one or more JSONL files: where each is and its texts."""
+
+    where: list[tuple[str, int]] = field(default_factory=list)  # (split or set, line)
+    data: list[dict[str, Any]] = field(default_factory=list)
+    text: list[str] = field(default_factory=list)
+    prompt: list[str] = field(default_factory=list)
+
+    def add(self, where: tuple[str, int], row: dict[str, Any]) -> None:
+        full, prompt = row_texts(row)
+        self.where.append(where)
+        self.data.append(row)
+        self.text.append(full)
+        self.prompt.append(prompt)
+
+    def ref(self, i: int) -> dict[str, Any]:
+        name, line = self.where[i]
+        return {"split": name, "line": line, "text": self.text[i][:TEXT_CHARS]}
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
+    """(line, row or None, error) for each non-blank line."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                yield lineno, json.loads(raw), None
+            except UnicodeDecodeError:
+                yield lineno, None, "line is not UTF-8"
+            except ValueError as exc:
+                yield lineno, None, f"line is not JSON ({exc})"
+
+
+def resolve_format(fmt: str, formats: dict[str, int]) -> str:
+    """The format rows must have: the policy's, or the more common of chat / prompt_completion."""
+    if fmt not in FORMATS:
+        raise GateError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt != "auto":
+        return fmt
+    chat, pc = formats.get("chat", 0), formats.get("prompt_completion", 0)
+    return "prompt_completion" if pc > chat else "chat"
+
+
+# --- the audit ----------------------------------------------------------------------------------
+
+
+@dataclass
+class AuditInput:
+    """Everything the audit reads; the gate builds it from the bundle, the bench by hand."""
+
+    splits: list[tuple[str, Path]]
+    eval_sets: list[tuple[str, Path]]
+    params: dict[str, Any]
+    license: str | None = None
+    tokenizer: Any = None  # tokenizers.Tokenizer
+    template: str | None = None
+    special_tokens: dict[str, str] = field(default_factory=dict)
+    max_seq_len: int | None = None
+    max_seq_len_source: str | None = None
+
+
+class Audit:
+    """One run of the dataset audit; `run()` returns (failures, metrics, evidence)."""
+
+    def __init__(self, inp: AuditInput, progress: Any = None) -> None:
+        self.inp = inp
+        self.p = inp.params
+        self.cap = int(self.p["max_examples"])
+        self.progress = progress or (lambda _m: None)
+        self.failures: list[str] = []
+        self.metrics: dict[str, Any] = {}
+        self.evidence: dict[str, Any] = {}
+
+    def run(self) -> tuple[list[str], dict[str, Any], dict[str, Any]]:
+        self.progress("reading splits")
+        rows = self.read()
+        self.check_license()
+        self.progress(f"duplicates in {len(rows.text)} rows")
+        groups = self.duplicates(rows)
+        self.progress("contamination")
+        self.contamination(rows, groups)
+        self.progress("truncation")
+        self.truncation(rows)
+        return self.failures, self.metrics, self.evidence
+
+    # -- format -------------------------------------------------------------------------------
+
+    def read(self) -> Rows:
+        formats: dict[str, int] = {}
+        raw: list[tuple[str, int, Any, str | None]] = []
+        for name, path in self.inp.splits:
+            for lineno, row, err in iter_jsonl(path):
+                raw.append((name, lineno, row, err))
+                if isinstance(row, dict):
+                    kind = row_format(row)
+                    formats[kind] = formats.get(kind, 0) + 1
+        fmt = resolve_format(str(self.p["format"]), formats)
+        roles = list(self.p["allowed_roles"])
+        rows = Rows()
+        errors: list[dict[str, Any]] = []
+        by_split: dict[str, dict[str, int]] = {}
+        for name, lineno, row, err in raw:
+            stats = by_split.setdefault(name, {"rows": 0, "format_errors": 0})
+            stats["rows"] += 1
+            err = err or check_row(row, fmt, roles)
+            if err:
+                stats["format_errors"] += 1
+                errors.append({"split": name, "line": lineno, "error": err})
+            else:
+                rows.add((name, lineno), row)
+        total_errors = len(errors)
+        self.metrics.update(rows=len(raw), format=fmt, format_errors=total_errors)
+        self.evidence["format"] = {
+            "expected": fmt,
+            "formats_seen": formats,
+            "by_split": by_split,
+            "errors": errors[: self.cap],
+        }
+        if total_errors > int(self.p["max_format_errors"]):
+            first = errors[0]
+            self.failures.append(
+                f"{total_errors} row(s) are not valid {fmt} rows (first: {first['split']}"
+                f" line {first['line']}: {first['error']})"
+            )
+        return rows
+
+    # -- license ------------------------------------------------------------------------------
+
+    def check_license(self) -> None:
+        allowed = [str(x).lower() for x in self.p["licenses"]]
+        lic = self.inp.license.lower() if self.inp.license else None
+        self.metrics["license"] = lic
+        self.evidence["license"] = {"license": lic, "allowed": allowed}
+        if lic is None:
+            self.failures.append(
+                "the dataset has no license (add `license:` to its card or register it with"
+                " --license)"
+            )
+        elif lic not in allowed:
+            self.failures.append(f"dataset license {lic!r} is not allowed ({', '.join(allowed)})")
+
+    # -- duplicates ----------------------------------------------------------------------------
+
+    def duplicates(self, rows: Rows) -> list[list[int]]:
+        """Exact groups (by normalised text), then near-duplicate clusters over them."""
+        first: dict[str, int] = {}  # normalized text -> exact group
+        group_of: list[int] = []
+        groups: list[list[int]] = []
+        for i, t in enumerate(rows.text):
+            g = first.setdefault(normalize(t), len(groups))
+            if g == len(groups):
+                groups.append([])
+            groups[g].append(i)
+            group_of.append(g)
+        reps = [g[0] for g in groups]
+        self.rep_shingles = shingle([rows.text[i] for i in reps], int(self.p["ngram"]))
+        threshold = float(self.p["near_duplicate_threshold"])
+        pairs, lsh = near_duplicate_pairs(self.rep_shingles, threshold, int(self.p["num_perm"]))
+        parent = list(range(len(groups)))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for a, b, _ in pairs:
+            parent[find(b)] = find(a)
+        clusters: dict[int, list[int]] = {}
+        for g, members in enumerate(groups):
+            clusters.setdefault(find(g), []).extend(members)
+        exact = near = 0
+        leaks: list[dict[str, Any]] = []
+        per_split: dict[str, int] = {}
+        for members in clusters.values():
+            if len(members) < 2:
+                continue
+            members.sort()  # split order (train first), then line
+            home = rows.where[members[0]][0]
+            kept: set[int] = set()  # exact groups already present in the home split
+            for i in members:
+                split = rows.where[i][0]
+                if split != home:
+                    leaks.append({"row": rows.ref(i), "duplicates": rows.ref(members[0])})
+                    continue
+                if kept:
+                    per_split[split] = per_split.get(split, 0) + 1
+                    if group_of[i] in kept:
+                        exact += 1
+                    else:
+                        near += 1
+                kept.add(group_of[i])
+        total = max(len(rows.text), 1)
+        rate = (exact + near) / total
+        exact_groups = [
+            {"rows": [rows.ref(i) for i in g[: self.cap]], "size": len(g)}
+            for g in sorted((g for g in groups if len(g) > 1), key=len, reverse=True)
+        ]
+        near_pairs = sorted(pairs, key=lambda x: -x[2])
+        self.metrics.update(
+            exact_duplicates=exact,
+            near_duplicates=near,
+            duplicate_rate=round(rate, 6),
+            split_leaks=len(leaks),
+        )
+        self.evidence["duplicates"] = {
+            "exact_groups": exact_groups[: self.cap],
+            "near_pairs": [
+                {"a": rows.ref(reps[a]), "b": rows.ref(reps[b]), "jaccard": round(s, 4)}
+                for a, b, s in near_pairs[: self.cap]
+            ],
+            "redundant_by_split": per_split,
+            "split_leaks": leaks[: self.cap],
+            "lsh": lsh,
+        }
+        if rate > float(self.p["max_duplicate_rate"]):
+            self.failures.append(
+                f"duplicate rate {rate:.4f} ({exact} exact, {near} near duplicates) is above"
+                f" {self.p['max_duplicate_rate']}"
+            )
+        if len(leaks) > int(self.p["max_split_leaks"]):
+            first = leaks[0]
+            self.failures.append(
+                f"{len(leaks)} row(s) duplicate a row of another split (first:"
+                f" {first['row']['split']} line {first['row']['line']} ="
+                f" {first['duplicates']['split']} line {first['duplicates']['line']})"
+            )
+        self.reps, self.by_text = reps, first
+        return groups
+
+    # -- contamination ---------------------------------------------------------------------------
+
+    def contamination(self, rows: Rows, groups: list[list[int]]) -> None:
+        items = Rows()
+        sets: dict[str, int] = {}
+        for name, path in self.inp.eval_sets:
+            count = 0
+            for lineno, row, err in iter_jsonl(path):
+                if err or not isinstance(row, dict):
+                    raise GateError(f"eval set {name} line {lineno}: {err or 'not an object'}")
+                items.add((name, lineno), row)
+                count += 1
+            sets[name] = count
+        wanted = set(self.p["contamination_splits"])
+        scope = [i for i, g in enumerate(groups) if not wanted or rows.where[g[0]][0] in wanted]
+        matches: dict[tuple[int, int], tuple[str, float]] = {}
+        in_scope = np.zeros(len(groups), dtype=bool)
+        in_scope[scope] = True
+        by_prompt: dict[str, list[int]] = {}
+        for g in scope:
+            key = normalize(rows.prompt[self.reps[g]])
+            if key:
+                by_prompt.setdefault(key, []).append(g)
+        for e in range(len(items.text)):
+            if (g := self.by_text.get(normalize(items.text[e]))) is not None and in_scope[g]:
+                matches[(g, e)] = ("exact", 1.0)
+            for g in by_prompt.get(normalize(items.prompt[e]), ()) if items.prompt[e] else ():
+                matches.setdefault((g, e), ("prompt", 1.0))
+        threshold = float(self.p["contamination_threshold"])
+        item_sh = shingle(items.text, int(self.p["ngram"]))
+        min_ngrams = int(self.p["contamination_min_ngrams"])
+        for g, e, c in containment_pairs(self.rep_shingles, item_sh, threshold, min_ngrams):
+            if in_scope[g]:
+                matches.setdefault((g, e), ("fuzzy", c))
+        contaminated = sorted({i for g, _ in matches for i in groups[g]})
+        pairs = sorted(matches.items(), key=lambda kv: (self.reps[kv[0][0]], kv[0][1]))
+        self.metrics["contaminated"] = len(contaminated)
+        self.metrics["eval_items"] = len(items.text)
+        self.evidence["contamination"] = {
+            "eval_sets": sets,
+            "threshold": threshold,
+            "min_ngrams": min_ngrams,
+            "pairs": [
+                {
+                    "row": rows.ref(self.reps[g]),
+                    "copies": [  # the row's exact duplicates, also contaminated
+                        {"split": rows.where[i][0], "line": rows.where[i][1]}
+                        for i in groups[g][1 : self.cap + 1]
+                    ],
+                    "eval": {
+                        "set": items.where[e][0],
+                        "line": items.where[e][1],
+                        "text": items.text[e][:TEXT_CHARS],
+                    },
+                    "match": kind,
+                    "containment": round(c, 4),
+                }
+                for (g, e), (kind, c) in pairs[: self.cap]
+            ],
+        }
+        if len(contaminated) > int(self.p["max_contaminated"]):
+            (g, e), (kind, _c) = pairs[0]
+            where = rows.where[self.reps[g]]
+            self.failures.append(
+                f"{len(contaminated)} row(s) contain eval items (first: {where[0]} line"
+                f" {where[1]} matches {items.where[e][0]} line {items.where[e][1]}, {kind})"
+            )
+
+    # -- truncation ------------------------------------------------------------------------
+
+    def truncation(self, rows: Rows) -> None:
+        limit, tok = self.inp.max_seq_len, self.inp.tokenizer
+        info: dict[str, Any] = {"max_seq_len": limit, "source": self.inp.max_seq_len_source}
+        self.evidence["truncation"] = info
+        needs_template = any(
+            "messages" in r or isinstance(r.get("prompt"), list) for r in rows.data
+        )
+        reason = (
+            "no max_seq_len in the policy or the training config"
+            if not limit
+            else "the tokenizer has no tokenizer.json"
+            if tok is None
+            else "the bundle has no chat template"
+            if needs_template and not self.inp.template
+            else None
+        )
+        if reason:
+            info.update(checked=False, reason=reason)
+            self.metrics["truncation_checked"] = False
+            return
+        from gates.template import RenderError, Sandbox
+
+        sandbox = Sandbox(self.inp.template) if self.inp.template else None
+        texts, prompts, errors = self._render(rows, sandbox, RenderError)
+        measure, sampled = self._to_tokenize(tok, texts, limit)
+        lengths = self._lengths(tok, [texts[i] or "" for i in measure])
+        by_split: dict[str, dict[str, Any]] = {}
+        for name, _ in rows.where:
+            s = by_split.setdefault(name, {"rows": 0, "truncated": 0, "lengths": []})
+            s["rows"] += 1
+        offenders = []
+        for i, n in zip(measure.tolist(), lengths.tolist(), strict=True):
+            s = by_split[rows.where[i][0]]
+            if sampled[i]:
+                s["lengths"].append(n)
+            if n > limit and texts[i] is not None:
+                s["truncated"] += 1
+                offenders.append((n, i))
+        cut = lost = 0
+        worst = []
+        offenders.sort(reverse=True)
+        prompt_lens = self._lengths(tok, [self._prompt(prompts[i], sandbox) for _, i in offenders])
+        for (n, i), p_len in zip(offenders, prompt_lens.tolist(), strict=True):
+            state = "answer lost" if p_len >= limit else "answer cut"
+            lost += state == "answer lost"
+            cut += state == "answer cut"
+            if len(worst) < self.cap:
+                worst.append({**rows.ref(i), "tokens": n, "prompt_tokens": p_len, "effect": state})
+        rates = {}
+        for split, s in by_split.items():
+            arr = np.asarray(s.pop("lengths") or [0])
+            s.update(
+                rate=round(s["truncated"] / max(s["rows"], 1), 6),
+                p50_tokens=int(np.percentile(arr, 50)),
+                p95_tokens=int(np.percentile(arr, 95)),
+                max_tokens=max(
+                    [int(arr.max()), *(n for n, i in offenders if rows.where[i][0] == split)]
+                ),
+                length_sample=int(arr.size),
+            )
+            rates[split] = s["rate"]
+        info.update(
+            checked=True,
+            by_split=by_split,
+            worst=worst,
+            render_errors=errors,
+            tokenized=int(measure.size),
+            method="every row whose 2 x UTF-8 bytes + 2 could exceed max_seq_len is tokenized;"
+            f" length percentiles from an even sample of up to {LENGTH_SAMPLE} rows",
+        )
+        self.metrics.update(
+            truncation_checked=True,
+            truncated=len(offenders),
+            answer_cut=cut,
+            answer_lost=lost,
+            truncated_rate=max(rates.values(), default=0.0),
+        )
+        if errors:
+            first = errors[0]
+            self.failures.append(
+                f"the chat template cannot render {len(errors)} row(s) (first: {first['split']}"
+                f" line {first['line']}: {first['error']})"
+            )
+        over = {k: v for k, v in rates.items() if v > float(self.p["max_truncated_rate"])}
+        if over:
+            split, rate = max(over.items(), key=lambda kv: kv[1])
+            self.failures.append(
+                f"{len(offenders)} row(s) exceed max_seq_len {limit} ({split}: {rate:.2%};"
+                f" {cut} with the answer cut, {lost} with the answer lost)"
+            )
+
+    def _render(self, rows: Rows, sandbox: Any, render_error: type) -> tuple[list, list, list]:
+        """Training text of each row (None when it cannot render) and a prompt renderer."""
+        texts: list[str | None] = []
+        prompts: list[Any] = []
+        errors: list[dict[str, Any]] = []
+        specials = self.inp.special_tokens
+        for i, row in enumerate(rows.data):
+            try:
+                if "messages" in row:
+                    msgs = row["messages"]
+                    texts.append(sandbox.render_json(msgs, False, specials))
+                    prompts.append(lambda sb, m=msgs[:-1]: sb.render_json(m, True, specials))
+                elif isinstance(row.get("prompt"), list):
+                    p, c = row["prompt"], row["completion"]
+                    texts.append(sandbox.render_json(p + c, False, specials))
+                    prompts.append(lambda sb, m=p: sb.render_json(m, True, specials))
+                elif "prompt" in row:
+                    texts.append(row["prompt"] + row["completion"])
+                    prompts.append(lambda _sb, t=row["prompt"]: t)
+                else:
+                    texts.append(row["text"])
+                    prompts.append(lambda _sb: "")
+            except render_error as exc:
+                texts.append(None)
+                prompts.append(lambda _sb: "")
+                errors.append(
+                    {"split": rows.where[i][0], "line": rows.where[i][1], "error": str(exc)}
+                )
+                if exc.kind in ("timeout", "memory") or len(errors) >= self.cap:
+                    n = len(rows.data) - len(texts)
+                    texts += [None] * n
+                    prompts += [lambda _sb: ""] * n
+                    errors[-1]["error"] += f" (rendering stopped; {n} row(s) not rendered)"
+                    break
+        return texts, prompts, errors
+
+    @staticmethod
+    def _to_tokenize(
+        tok: Any, texts: list[str | None], limit: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows to tokenize: an even sample (for the length distribution) plus every row
+        that could exceed `limit`. A token covers at least one byte of the normalized text,
+        except a prefix a pre-tokenizer adds per section, so tokens <= 2 x bytes + 2."""
+        norm = tok.normalizer
+        maybe = np.fromiter(
+            (
+                t is not None
+                and 2 * len((norm.normalize_str(t) if norm else t).encode("utf-8")) + 2 > limit
+                for t in texts
+            ),
+            dtype=bool,
+            count=len(texts),
+        )
+        sampled = np.zeros(len(texts), dtype=bool)
+        sampled[:: max(1, -(-len(texts) // LENGTH_SAMPLE))] = True
+        return np.flatnonzero(maybe | sampled), sampled
+
+    @staticmethod
+    def _prompt(render: Any, sandbox: Any) -> str:
+        from gates.template import RenderError
+
+        try:
+            return render(sandbox)
+        except RenderError:
+            return ""
+
+    @staticmethod
+    def _lengths(tok: Any, texts: list[str], chunk: int = 20_000) -> np.ndarray:
+        out = np.empty(len(texts), dtype=np.int64)
+        for lo in range(0, len(texts), chunk):
+            encs = tok.encode_batch_fast(texts[lo : lo + chunk], add_special_tokens=False)
+            out[lo : lo + len(encs)] = [len(e.ids) for e in encs]
+        return out
+
+
+# --- the gate ---------------------------------------------------------------------------------
+
+
+def split_files(ctx: GateContext) -> list[tuple[str, str]]:
+    """(split name, path inside the dataset dir) of each JSONL split, train first."""
+    comp = ctx.bundle["components"].get("dataset")
+    found: list[tuple[str, str]] = []
+    for f in comp["files"] if comp else ():
+        parts = f["path"].split("/")
+        top = len(parts) == 1 or (len(parts) == 2 and parts[0] == "data")
+        if top and f["path"].endswith(".jsonl"):
+            found.append((parts[-1][: -len(".jsonl")], f["path"]))
+    return sorted(found, key=lambda s: (s[0] != "train", s[0]))
+
+
+def config_max_len(meta: dict[str, Any]) -> tuple[int | None, str | None]:
+    hp = meta.get("hyperparameters") or {}
+    for key in MAX_LEN_KEYS:
+        value = hp.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value, f"config {key}"
+    return None, None
+
+
+class DatasetAuditGate(Gate):
+    """Audit the bundle's dataset before a single training step.
+
+    Policy keys (defaults):
+    - `format` ("auto"): chat, prompt_completion, text, or auto (the more common of chat
+      and prompt_completion); rows not in it fail, reported by split and line;
+    - `allowed_roles` (system, user, assistant, tool);
+    - `max_format_errors` (0);
+    - `licenses` (apache-2.0, mit, bsd-3-clause, cc-by-4.0, cc0-1.0): the dataset card's
+      license must be one of these; a missing license fails;
+    - `ngram` (3): words per shingle; `num_perm` (128): MinHash permutations;
+    - `near_duplicate_threshold` (0.8): Jaccard similarity of two near duplicates;
+    - `max_duplicate_rate` (0.01): redundant rows (exact + near, within a split) / rows;
+    - `max_split_leaks` (0): rows that duplicate a row of another split;
+    - `eval_sets` ([]): JSONL eval files, relative to the policy;
+    - `contamination_threshold` (0.8): share of an eval item's n-grams found in one row;
+    - `contamination_min_ngrams` (8): shorter eval items are matched exactly only (their
+      whole text, or their prompt), never fuzzily;
+    - `contamination_splits` ([] = every split);
+    - `max_contaminated` (0): rows holding an eval item (exactly, by prompt, or fuzzily);
+    - `max_seq_len` (0 = the training config's max_seq_len / max_seq_length / max_length);
+    - `max_truncated_rate` (0.0): per split, rows whose rendered tokens exceed max_seq_len;
+    - `max_examples` (20): offenders listed per finding in the evidence.
+    """
+
+    name = "dataset-audit"
+    version = "1"
+    defaults = {
+        "format": "auto",
+        "allowed_roles": ROLES,
+        "max_format_errors": 0,
+        "licenses": LICENSES,
+        "ngram": 3,
+        "num_perm": 128,
+        "near_duplicate_threshold": 0.8,
+        "max_duplicate_rate": 0.01,
+        "max_split_leaks": 0,
+        "eval_sets": [],
+        "contamination_threshold": 0.8,
+        "contamination_min_ngrams": 8,
+        "contamination_splits": [],
+        "max_contaminated": 0,
+        "max_seq_len": 0,
+        "max_truncated_rate": 0.0,
+        "max_examples": 20,
+    }
+    description = "format, duplicates, eval contamination, license and truncation of the dataset"
+
+    def run(self, ctx: GateContext) -> GateResult:
+        from gates.template import bundle_template, load_tokenizer, special_tokens
+
+        root = require_component(ctx, "dataset")
+        p = ctx.params
+        max_len, source = (int(p["max_seq_len"]), "policy") if p["max_seq_len"] else (None, None)
+        if max_len is None:
+            max_len, source = config_max_len(ctx.meta("config"))
+        inp = AuditInput(
+            splits=[(name, root / rel) for name, rel in split_files(ctx)],
+            eval_sets=[(rel, ctx.input_file(rel)) for rel in p["eval_sets"]],
+            params=p,
+            license=ctx.meta("dataset").get("license"),
+            tokenizer=load_tokenizer(ctx),
+            template=bundle_template(ctx)[0],
+            special_tokens=special_tokens(ctx),
+            max_seq_len=max_len,
+            max_seq_len_source=source,
+        )
+        failures, metrics, evidence = Audit(inp, ctx.progress).run()
+        evidence["parameters"] = {**p, "max_seq_len": max_len}
+        thresholds = {
+            k: p[k]
+            for k in (
+                "near_duplicate_threshold",
+                "max_duplicate_rate",
+                "max_split_leaks",
+                "contamination_threshold",
+                "max_contaminated",
+                "max_truncated_rate",
+                "max_format_errors",
+                "licenses",
+            )
+        }
+        thresholds["max_seq_len"] = max_len
+        summary = (
+            f"{metrics['rows']} rows: {metrics['duplicate_rate']:.2%} duplicates, "
+            f"{metrics['contaminated']} contaminated, license {metrics['license']}, "
+            + (
+                f"{metrics['truncated']} truncated"
+                if metrics["truncation_checked"]
+                else f"truncation NOT checked ({evidence['truncation']['reason']})"
+            )
+        )
+        return GateResult.check(failures, metrics, thresholds, evidence, summary)

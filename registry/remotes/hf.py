@@ -1,0 +1,780 @@
+"""The Hugging Face Hub remote: a pushed bundle is an ordinary PEFT model repo.
+
+Repo layout (one bundle name per repo; `main` holds the bundle pushed last):
+
+    adapter_config.json, adapter_model.safetensors   the adapter (PeftModel.from_pretrained)
+    tokenizer.json, tokenizer_config.json, ...       the tokenizer (AutoTokenizer)
+    chat_template.jinja                              the bundle's chat template
+    README.md                                        model card: digest, lineage, dataset,
+                                                     base model, gate results
+    dataset/..., config/...                          dataset and training config
+    base/...                                         the base model, only with --include-base
+    registry/bundle.json, registry/components/K.json the exact manifest bytes
+    registry/gate-runs.json, registry/evidence/*     gate-run records and their evidence
+    registry/versions.json, registry/channels.json   version -> digest, channel -> version
+    registry/files/<kind>/<path>                     component files whose usual place is
+                                                     taken (README.md of the adapter, a
+                                                     tokenizer's own chat template, the
+                                                     original adapter_config.json)
+
+A git tag per version (`v3`) points at the commit holding that bundle; channels live in
+`registry/channels.json` (in the same commit as the files, so they move atomically).
+An external base (`hf://org/name@commit`) is referenced, not uploaded: the published
+`adapter_config.json` names it (`base_model_name_or_path`, `revision`) and the card links
+it; the original bytes stay under registry/files/ so pull can re-verify every digest.
+
+One commit per push, with `parent_commit` set to the head it was computed from, so two
+pushers cannot overwrite each other silently (the Hub answers 412). Pull reads the
+manifests under registry/ at the version's tag, downloads only missing blobs and
+re-hashes each before it enters the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry import refs
+from registry.digest import check_digest, hex_of, sha256_bytes, short
+from registry.errors import (
+    ConflictError,
+    IntegrityError,
+    RegistryError,
+    RemoteError,
+    UsageError,
+)
+from registry.paths import check_relpath
+from registry.remotes.base import ProgressFactory, PullResult, PushResult, RemoteSpec
+from registry.remotes.sync import (
+    BundleBlobs,
+    adopt_channel,
+    adopt_file,
+    check_local_blobs,
+    import_bundle,
+    load_local,
+    missing_blobs,
+    parse_remote_bundle,
+    pick,
+    store_manifests,
+)
+
+if TYPE_CHECKING:
+    from registry.repo import Registry
+
+PREFIX = {"adapter": "", "tokenizer": "", "chat_template": "", "config": "config/",
+          "dataset": "dataset/", "base_model": "base/"}  # fmt: skip
+# Who gets a shared top-level path: the bundle's chat template wins over the tokenizer's
+# own (the point of pinning a template), the adapter over the tokenizer.
+PRIORITY = ("chat_template", "adapter", "tokenizer", "config", "dataset", "base_model")
+RESERVED = ("README.md", ".gitattributes")
+META = "registry"
+MAX_META = 64 * 1024 * 1024
+
+
+def layout(bundle: BundleBlobs) -> dict[tuple[str, str], str]:
+    """Where each (kind, file path) of the bundle lives in the repo. Push and pull compute
+    the same map from the manifests alone."""
+    taken: dict[str, str] = {}
+    out: dict[tuple[str, str], str] = {}
+    rewrite = rewrites_adapter_config(bundle)
+    if rewrite:
+        taken["adapter_config.json"] = "published"
+    for kind in PRIORITY:
+        comp = bundle.components.get(kind)
+        if comp is None or comp.manifest.external:
+            continue
+        for f in comp.manifest.files:
+            primary = PREFIX[kind] + f.path
+            displaced = (
+                primary in RESERVED
+                or primary.startswith(f"{META}/")
+                or taken.get(primary, f.digest) != f.digest
+            )
+            path = f"{META}/files/{kind}/{f.path}" if displaced else primary
+            taken.setdefault(path, f.digest)
+            out[(kind, f.path)] = path
+    return out
+
+
+def rewrites_adapter_config(bundle: BundleBlobs) -> bool:
+    """The published adapter_config.json names the base on the Hub (external bases only)."""
+    base, adapter = bundle.components.get("base_model"), bundle.components.get("adapter")
+    return (
+        base is not None
+        and base.manifest.external
+        and adapter is not None
+        and any(f.path == "adapter_config.json" for f in adapter.manifest.files)
+    )
+
+
+def base_source(bundle: BundleBlobs) -> tuple[str, str] | None:
+    """(repo id, commit) of an external base, else None."""
+    base = bundle.components.get("base_model")
+    if base is None or not base.manifest.external or not base.manifest.source:
+        return None
+    repo, _, commit = base.manifest.source[len("hf://") :].partition("@")
+    return repo, commit
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Repo content taken from a stored blob."""
+
+    digest: str
+    size: int
+
+
+KEEP = object()  # repo content left as it is
+
+
+def git_blob_oid(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+@dataclass
+class Index:
+    """registry/versions.json and registry/channels.json of a repo's main branch."""
+
+    name: str | None = None
+    versions: dict[str, dict[str, Any]] = field(default_factory=dict)  # "v3" -> digest, size
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> digest, version
+
+    def versions_bytes(self) -> bytes:
+        return _pretty({"schema": "registry.hub.versions.v1", "name": self.name,
+                        "versions": dict(sorted(self.versions.items(), key=_vkey))})  # fmt: skip
+
+    def channels_bytes(self) -> bytes:
+        return _pretty({"schema": "registry.hub.channels.v1", "name": self.name,
+                        "channels": dict(sorted(self.channels.items()))})  # fmt: skip
+
+
+def _vkey(item: tuple[str, Any]) -> int:
+    return int(item[0][1:])
+
+
+def _pretty(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode()
+
+
+def parse_index(versions: bytes | None, channels: bytes | None, where: str) -> Index:
+    """Strictly read the two index files (untrusted: every digest and number is checked)."""
+    idx = Index()
+    try:
+        for data, key in ((versions, "versions"), (channels, "channels")):
+            if data is None:
+                continue
+            obj = json.loads(data)
+            if not isinstance(obj, dict) or not isinstance(obj.get(key), dict):
+                raise ValueError(f"registry/{key}.json has no {key} object")
+            name = obj.get("name")
+            if idx.name is not None and name != idx.name:
+                raise ValueError("versions.json and channels.json name different bundles")
+            idx.name = refs.parse(name).name if isinstance(name, str) else None
+            for tag, entry in obj[key].items():
+                parsed = refs.parse(f"{idx.name}:{tag}")
+                if (key == "versions") != (parsed.version is not None):
+                    raise ValueError(f"{tag!r} is not a {key[:-1]}")
+                if not isinstance(entry, dict):
+                    raise ValueError(f"{tag!r} is not an object")
+                check_digest(entry.get("digest"), f"{key} {tag}")
+                number = entry.get("size" if key == "versions" else "version")
+                if number is not None and (not isinstance(number, int) or number < 0):
+                    raise ValueError(f"{tag!r} has a bad number")
+                getattr(idx, key)[tag] = {k: entry[k] for k in ("digest", "size", "version")
+                                          if k in entry}  # fmt: skip
+    except (ValueError, RegistryError) as exc:
+        raise IntegrityError(
+            f"{where}: bad registry index: {exc}", "The repo is corrupt."
+        ) from None
+    return idx
+
+
+class HubRemote:
+    """A registry remote on the Hugging Face Hub (or a Hub-compatible server: HF_ENDPOINT)."""
+
+    def __init__(self, spec: RemoteSpec) -> None:
+        self.spec = spec
+        self.repo_id = spec.repo_id
+        self._api: Any = None
+
+    @property
+    def api(self) -> Any:
+        if self._api is None:
+            from huggingface_hub import HfApi
+
+            self._api = HfApi(library_name="lora-registry")
+        return self._api
+
+    @contextlib.contextmanager
+    def errors(self, doing: str) -> Iterator[None]:
+        """Translate huggingface_hub / HTTP failures into one-line errors (one boundary)."""
+        from huggingface_hub.errors import (
+            HfHubHTTPError,
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
+
+        where = f"hf://{self.repo_id}"
+        try:
+            yield
+        except RegistryError:
+            raise
+        except RepositoryNotFoundError as exc:
+            raise RemoteError(
+                f"{doing}: {where} does not exist or this token cannot see it",
+                "Check the repo id and HF_TOKEN (`hf auth whoami`); push creates the repo.",
+            ) from exc
+        except (RevisionNotFoundError, RemoteEntryNotFoundError) as exc:
+            raise RemoteError(f"{doing}: {where}: {_first_line(exc)}") from exc
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status == 412:
+                raise ConflictError(
+                    f"{doing}: {where} changed while this push was being prepared",
+                    f"Run `registry ls --remote {self.spec.name}`, then push again.",
+                ) from exc
+            if status in (401, 403):
+                raise RemoteError(
+                    f"{doing}: {where} refused the token ({status})",
+                    "Set HF_TOKEN to a token with write access (or `hf auth login`).",
+                ) from exc
+            raise RemoteError(f"{doing}: {where}: {_first_line(exc)}") from exc
+        except Exception as exc:
+            cause = exc.__cause__ or exc
+            if isinstance(cause, HfHubHTTPError):
+                raise RemoteError(f"{doing}: {where}: {_first_line(cause)}") from exc
+            if isinstance(exc, OSError) or type(exc).__module__.split(".")[0].startswith("httpx"):
+                raise RemoteError(
+                    f"{doing}: cannot reach {where}: {_first_line(exc)}",
+                    "Nothing half-done is visible: run the same command again; files the Hub"
+                    " already has are not sent twice.",
+                ) from exc
+            raise
+
+    # --- reading the repo -------------------------------------------------------------
+
+    def _refs(self) -> tuple[str | None, dict[str, str]]:
+        """(main's head commit or None if the repo is absent, tag -> commit)."""
+        from huggingface_hub.errors import RepositoryNotFoundError
+
+        try:
+            got = self.api.list_repo_refs(self.repo_id)
+        except RepositoryNotFoundError:
+            return None, {}
+        head = next((b.target_commit for b in got.branches if b.name == "main"), None)
+        return head, {t.name: t.target_commit for t in got.tags}
+
+    def _tree(self, commit: str) -> dict[str, Any]:
+        from huggingface_hub.hf_api import RepoFile
+
+        return {
+            f.path: f
+            for f in self.api.list_repo_tree(self.repo_id, revision=commit, recursive=True)
+            if isinstance(f, RepoFile)
+        }
+
+    def _read(self, path: str, commit: str, workdir: Path, limit: int = MAX_META) -> bytes | None:
+        """A small file's bytes at `commit` (None if absent)."""
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError
+
+        try:
+            local = hf_hub_download(self.repo_id, path, revision=commit, local_dir=workdir / "meta")
+        except EntryNotFoundError:
+            return None
+        p = Path(local)
+        if p.stat().st_size > limit:
+            raise IntegrityError(f"hf://{self.repo_id}/{path} is larger than {limit} bytes")
+        return p.read_bytes()
+
+    def _index(self, commit: str | None, workdir: Path) -> Index:
+        if commit is None:
+            return Index()
+        return parse_index(
+            self._read(f"{META}/versions.json", commit, workdir),
+            self._read(f"{META}/channels.json", commit, workdir),
+            f"hf://{self.repo_id}",
+        )
+
+    @contextlib.contextmanager
+    def _workdir(self, reg: Registry) -> Iterator[Path]:
+        """A scratch directory in the registry (the store's filesystem: downloads are
+        renamed into the store, not copied). Not under blobs/tmp, which holds files only."""
+        reg.store.init()
+        path = reg.root / "tmp" / f"hub-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path.mkdir(parents=True)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every version in the repo (tags that versions.json names) with its channels."""
+        import tempfile
+
+        with self.errors("list"), tempfile.TemporaryDirectory() as tmp:
+            head, tags = self._refs()
+            idx = self._index(head, Path(tmp))
+        out = []
+        for vtag, entry in sorted(idx.versions.items(), key=_vkey, reverse=True):
+            if vtag not in tags:
+                continue  # interrupted between commit and tag: not a version yet
+            out.append({
+                "name": idx.name, "version": int(vtag[1:]), "tag": f"{idx.name}:{vtag}",
+                "digest": entry["digest"], "size": entry.get("size"),
+                "channels": sorted(c for c, e in idx.channels.items()
+                                   if e["digest"] == entry["digest"]),
+            })  # fmt: skip
+        return out
+
+    # --- push -------------------------------------------------------------------------
+
+    def push(
+        self,
+        reg: Registry,
+        ref: str,
+        *,
+        include_base: bool = False,
+        actor: str,
+        progress: ProgressFactory | None = None,
+    ) -> PushResult:
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        t0 = time.perf_counter()
+        parsed = refs.parse(ref)
+        row, bundle = load_local(reg, ref)
+        name, version = row["name"], row["version"]
+        vtag = f"v{version}"
+        src = base_source(bundle)
+        if include_base and src is not None:
+            raise UsageError(
+                f"--include-base: the base of {name}:{vtag} is pinned on the Hub"
+                f" (hf://{src[0]}@{src[1][:12]}); it is referenced, not copied",
+                "Drop --include-base; the card and adapter_config.json name the base.",
+            )
+        check_local_blobs(reg, bundle)
+        result = PushResult(self.spec.name, bundle.digest, f"{name}:{vtag}", parsed.channel)
+        _quiet_unless_terminal()
+        with self.errors(f"push {name}:{vtag}"), self._workdir(reg) as work:
+            self.api.create_repo(
+                self.repo_id, private=bool(self.spec.options.get("private")), exist_ok=True
+            )
+            head, tags = self._refs()
+            idx = self._index(head, work)
+            tree = self._tree(head) if head else {}
+            if idx.name is None and set(tree) - {".gitattributes", "README.md"}:
+                raise UsageError(
+                    f"hf://{self.repo_id} already holds files and no registry index",
+                    "Push to a new repo (or an empty one): a push replaces main's files.",
+                )
+            if idx.name is not None and idx.name != name:
+                raise UsageError(
+                    f"hf://{self.repo_id} holds bundles named {idx.name}, not {name}",
+                    "Use one Hub repo per bundle name: add another remote for this one.",
+                )
+            idx.name = name
+            tag_exists = vtag in tags
+            if tag_exists:
+                at_tag = self._read(f"{META}/bundle.json", tags[vtag], work)
+                if at_tag is None or sha256_bytes(at_tag) != bundle.digest:
+                    raise ConflictError(
+                        f"{name}:{vtag} on remote {self.spec.name} is another bundle"
+                        f" ({short(sha256_bytes(at_tag)) if at_tag else 'unreadable'}):"
+                        " versions never move",
+                        "Another registry numbered a different bundle the same; share one"
+                        " database (team mode) or pull theirs first.",
+                    )
+            idx.versions[vtag] = {"digest": bundle.digest, "size": bundle.stored_size}
+            if parsed.channel is not None:
+                before = idx.channels.get(parsed.channel, {}).get("digest")
+                idx.channels[parsed.channel] = {"digest": bundle.digest, "version": version}
+                if before != bundle.digest:
+                    result.refs.append(parsed.channel)
+            main_bundle = tree.get(f"{META}/bundle.json")
+            main_holds_us = main_bundle is not None and _same(main_bundle, bundle.data)
+            if tag_exists:
+                # A published version's files never change: keep them, refresh only the
+                # records (gate runs, card) if main holds it, and the index.
+                desired: dict[str, Any] = {p: KEEP for p in tree if p != ".gitattributes"}
+                if main_holds_us:
+                    has_base = any(p.startswith(PREFIX["base_model"]) for p in tree)
+                    desired.update(self._records(reg, bundle, row, has_base))
+                desired[f"{META}/versions.json"] = idx.versions_bytes()
+                desired[f"{META}/channels.json"] = idx.channels_bytes()
+            else:
+                desired = self._desired(reg, bundle, row, idx, include_base)
+            ops, sent, sent_blobs = [], 0, set()
+            for path, content in sorted(desired.items()):
+                if content is KEEP or _same(tree.get(path), content, reg):
+                    continue
+                if isinstance(content, bytes):
+                    ops.append(CommitOperationAdd(path, content))
+                    sent += len(content)
+                else:
+                    digest, size = content.digest, content.size
+                    if reason := reg.store.check(digest, size):
+                        raise IntegrityError(
+                            f"local blob {short(digest)} ({path}) is {reason}; not pushed",
+                            "Run `registry verify --all`, then pull the bundle again.",
+                        )
+                    op = CommitOperationAdd(path, str(reg.store.path(digest)))
+                    with contextlib.suppress(AttributeError):  # skip the client's re-hash
+                        op.upload_info._sha256 = bytes.fromhex(hex_of(digest))
+                    ops.append(op)
+                    if digest not in sent_blobs:
+                        sent_blobs.add(digest)
+                        sent += size
+            ops += [CommitOperationDelete(p) for p in sorted(set(tree) - set(desired))
+                    if p != ".gitattributes"]  # fmt: skip
+            result.blobs = len(bundle.file_blobs())
+            result.bytes_total = sum(bundle.file_blobs().values())
+            result.blobs_sent, result.bytes_sent = len(sent_blobs), sent
+            commit = head
+            if ops:
+                info = self.api.create_commit(
+                    self.repo_id,
+                    ops,
+                    commit_message=f"{name}:{vtag} {bundle.digest}"
+                    + (f" ({parsed.channel})" if parsed.channel else ""),
+                    commit_description=f"Pushed by {actor} with lora-registry.",
+                    parent_commit=head,
+                )
+                commit = info.oid
+            if not tag_exists:
+                self._tag(vtag, commit, bundle.digest, work)
+                result.refs.insert(0, vtag)
+        base = bundle.components.get("base_model")
+        if not include_base and base is not None and not base.manifest.external:
+            result.notes.append(
+                "the local base model was not uploaded (--include-base uploads it);"
+                " a pull from this repo needs the base in the puller's store"
+            )
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _tag(self, vtag: str, commit: str, digest: str, work: Path) -> None:
+        from huggingface_hub.errors import HfHubHTTPError
+
+        try:
+            self.api.create_tag(self.repo_id, tag=vtag, revision=commit)
+        except HfHubHTTPError as exc:
+            if exc.response is None or exc.response.status_code != 409:
+                raise
+            theirs = self._read(f"{META}/bundle.json", vtag, work)
+            if theirs is None or sha256_bytes(theirs) != digest:
+                raise ConflictError(
+                    f"{vtag} was tagged on {self.spec.name} by another push", "Pull it first."
+                ) from exc
+
+    def _desired(
+        self,
+        reg: Registry,
+        bundle: BundleBlobs,
+        row: dict[str, Any],
+        idx: Index,
+        include_base: bool,
+    ) -> dict[str, Any]:
+        """repo path -> bytes or a stored Blob: the whole repo content for this bundle."""
+        out: dict[str, Any] = {}
+        for (kind, rel), path in layout(bundle).items():
+            if kind == "base_model" and not include_base:
+                continue
+            f = next(f for f in bundle.components[kind].manifest.files if f.path == rel)
+            out[path] = Blob(f.digest, f.size)
+        if rewrites_adapter_config(bundle):
+            digest = out[f"{META}/files/adapter/adapter_config.json"].digest
+            out["adapter_config.json"] = published_adapter_config(
+                reg.store.read_bytes(digest),
+                *base_source(bundle),  # type: ignore[misc]
+            )
+        out[f"{META}/bundle.json"] = bundle.data
+        for kind, comp in bundle.components.items():
+            out[f"{META}/components/{kind}.json"] = comp.data
+        out.update(self._records(reg, bundle, row, include_base))
+        out[f"{META}/versions.json"] = idx.versions_bytes()
+        out[f"{META}/channels.json"] = idx.channels_bytes()
+        return out
+
+    def _records(
+        self, reg: Registry, bundle: BundleBlobs, row: dict[str, Any], include_base: bool
+    ) -> dict[str, bytes]:
+        """The gate-run records, their evidence and the model card."""
+        out: dict[str, bytes] = {}
+        runs = gate_runs(reg, bundle.digest)
+        out[f"{META}/gate-runs.json"] = _pretty(runs)
+        for run in runs:
+            ev = run.get("evidence_digest")
+            if ev and reg.store.has(ev):
+                out[f"{META}/evidence/{hex_of(ev)}.json"] = reg.store.read_bytes(ev)
+        out["README.md"] = model_card(reg, bundle, row, runs, self.repo_id, include_base)
+        return out
+
+    # --- pull -------------------------------------------------------------------------
+
+    def pull(
+        self, reg: Registry, ref: str, *, actor: str, progress: ProgressFactory | None = None
+    ) -> PullResult:
+        t0 = time.perf_counter()
+        parsed = refs.parse(ref)
+        _quiet_unless_terminal()
+        with self.errors(f"pull {ref}"), self._workdir(reg) as work:
+            head, tags = self._refs()
+            if head is None:
+                raise RemoteError(f"hf://{self.repo_id} does not exist or is not visible")
+            idx = self._index(head, work)
+            entries = [
+                {"name": idx.name, "version": int(t[1:]), "tag": f"{idx.name}:{t}",
+                 "digest": e["digest"], "channels": sorted(
+                     c for c, ce in idx.channels.items() if ce["digest"] == e["digest"])}
+                for t, e in idx.versions.items() if t in tags
+            ]  # fmt: skip
+            entry = pick(parsed, entries, self.spec.name)
+            vtag = f"v{entry['version']}"
+            commit = tags[vtag]
+            data = self._read(f"{META}/bundle.json", commit, work)
+            if data is None:
+                raise IntegrityError(f"{entry['tag']} on {self.spec.name} has no manifest")
+
+            def fetch(kind: str, _desc: Any) -> bytes:
+                got = self._read(f"{META}/components/{kind}.json", commit, work)
+                if got is None:
+                    raise IntegrityError(f"{entry['tag']} lacks its {kind} manifest")
+                return got
+
+            bundle = parse_remote_bundle(
+                data, entry["digest"], fetch, name=entry["name"], where=f"remote {self.spec.name}"
+            )
+            need = missing_blobs(reg, bundle)
+            result = PullResult(
+                self.spec.name, bundle.digest, tag="", remote_tag=entry["tag"],
+                blobs=len(bundle.file_blobs()), blobs_fetched=len(need),
+                bytes_total=sum(bundle.file_blobs().values()), bytes_fetched=sum(need.values()),
+            )  # fmt: skip
+            if need:
+                self._download(reg, bundle, need, commit, work)
+        store_manifests(reg, bundle)
+        imported = import_bundle(reg, bundle, entry["version"], actor)
+        result.tag, result.created = imported.tag, imported.created
+        if imported.note:
+            result.notes.append(imported.note)
+        if parsed.channel is not None:
+            result.channel = parsed.channel
+            result.channel_moved = adopt_channel(
+                reg, bundle.name, parsed.channel, bundle.digest, actor=actor,
+                reason=f"pulled from {self.spec.name} ({self.spec.url})",
+            )  # fmt: skip
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _download(
+        self, reg: Registry, bundle: BundleBlobs, need: dict[str, int], commit: str, work: Path
+    ) -> None:
+        """Fetch each missing blob from a repo path that holds it; verify; install."""
+        from huggingface_hub import hf_hub_download
+
+        tree = self._tree(commit)
+        where: dict[str, str] = {}
+        for (kind, rel), path in layout(bundle).items():
+            f = next(f for f in bundle.components[kind].manifest.files if f.path == rel)
+            if f.digest in need and f.digest not in where and _holds(tree.get(path), f.size):
+                where[f.digest] = check_relpath(path)
+        if lacking := [d for d in need if d not in where]:
+            kinds = sorted({k for k, c in bundle.components.items() for f in c.manifest.files
+                            if f.digest in lacking})  # fmt: skip
+            if kinds == ["base_model"]:
+                raise RemoteError(
+                    f"{bundle.name}: the base model is not on hf://{self.repo_id} (pushed"
+                    " without --include-base) and not in this registry's store",
+                    "Pull the bundle from an S3 remote that holds the base, or push it to"
+                    " the Hub again with --include-base.",
+                )
+            raise IntegrityError(
+                f"hf://{self.repo_id} lacks {len(lacking)} file(s) of {bundle.name}"
+                f" ({', '.join(kinds)})",
+                "The repo is incomplete; push the bundle to it again.",
+            )
+        files_dir = work / "files"
+
+        def one(digest: str) -> None:
+            local = hf_hub_download(
+                self.repo_id, where[digest], revision=commit, local_dir=files_dir
+            )
+            adopt_file(reg.store, Path(local), digest, need[digest])
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(one, sorted(need, key=lambda d: -need[d])))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _quiet_unless_terminal() -> None:
+    """huggingface_hub's own progress bars on a terminal; none when output is captured."""
+    if not sys.stderr.isatty():
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
+def _holds(entry: Any, size: int) -> bool:
+    return entry is not None and entry.size == size
+
+
+def _same(entry: Any, content: Any, reg: Registry | None = None) -> bool:
+    """Whether a remote tree entry already holds `content` (bytes or a stored Blob)."""
+    if entry is None:
+        return False
+    if isinstance(content, bytes):
+        if entry.lfs is not None:
+            return entry.lfs.sha256 == hex_of(sha256_bytes(content))
+        return entry.size == len(content) and entry.blob_id == git_blob_oid(content)
+    digest, size = content.digest, content.size
+    if entry.size != size:
+        return False
+    if entry.lfs is not None:
+        return entry.lfs.sha256 == hex_of(digest)
+    if reg is None or size > MAX_META:
+        return False
+    return entry.blob_id == git_blob_oid(reg.store.read_bytes(digest))
+
+
+def published_adapter_config(original: bytes, repo: str, commit: str) -> bytes:
+    """adapter_config.json naming the external base on the Hub, pinned to its commit."""
+    cfg = json.loads(original)
+    cfg["base_model_name_or_path"] = repo
+    cfg["revision"] = commit
+    return (json.dumps(cfg, indent=2) + "\n").encode()
+
+
+def gate_runs(reg: Registry, digest: str) -> list[dict[str, Any]]:
+    """The bundle's gate runs, oldest first, as recorded (for registry/gate-runs.json)."""
+    from gates.engine import runs_for
+
+    _row, runs = runs_for(reg, f"sha256:{hex_of(digest)}")
+    return list(reversed(runs))
+
+
+def _lineage(reg: Registry, ref: str) -> list[str]:
+    from registry.bundles import show
+
+    info = show(reg, ref)
+    return [p["tag"] or short(p["digest"]) for p in info["lineage"]]
+
+
+def model_card(
+    reg: Registry,
+    bundle: BundleBlobs,
+    row: dict[str, Any],
+    runs: list[dict[str, Any]],
+    repo_id: str,
+    include_base: bool,
+) -> bytes:
+    """README.md: the Hub's model card, with what a reviewer needs to trust the bundle."""
+    tag = f"{row['name']}:v{row['version']}"
+    src = base_source(bundle)
+    base = bundle.components.get("base_model")
+    front = ["---", "library_name: peft", "tags:", "- peft", "- lora", "- lora-registry"]
+    if src is not None:
+        front.append(f"base_model: {src[0]}")
+    front.append("---")
+    if src is not None:
+        base_text = f"[{src[0]}](https://huggingface.co/{src[0]}) at commit `{src[1]}`"
+    elif base is not None:
+        where = "in `base/`" if include_base else "not uploaded (push with `--include-base`)"
+        base_text = f"local base `{short(base.desc.digest, 16)}`, {where}"
+    else:
+        base_text = "-"
+    ds = bundle.components.get("dataset")
+    if ds is not None:
+        meta = ds.manifest.meta
+        splits = meta.get("splits")
+        split_text = (
+            ", ".join(
+                f"{k} {v.get('rows', v) if isinstance(v, dict) else v}"
+                for k, v in sorted(splits.items())
+            )  # fmt: skip
+            if isinstance(splits, dict)
+            else ""
+        )
+        ds_text = f"`{short(ds.desc.digest, 16)}`" + (f" ({split_text})" if split_text else "")
+        if meta.get("license"):
+            ds_text += f", license {meta['license']}"
+    else:
+        ds_text = "-"
+    lineage = _lineage(reg, f"{row['name']}@{bundle.digest}")
+    lines = [
+        *front,
+        "",
+        f"# {tag}",
+        "",
+        "A LoRA bundle published by lora-registry: adapter, tokenizer, chat template,"
+        " dataset version and training config, pinned by one digest.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| bundle | `{bundle.digest}` |",
+        f"| version | v{row['version']} |",
+        f"| base model | {base_text} |",
+        f"| dataset | {ds_text} |",
+        f"| lineage | {' <- '.join([tag, *lineage]) if lineage else tag + ' (no parent)'} |",
+        "",
+        "## Gate results",
+        "",
+    ]
+    if runs:
+        lines += ["| gate | version | status | metrics | policy | finished |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
+        for r in runs:
+            metrics = ", ".join(
+                f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                for k, v in sorted(r["metrics"].items())
+                if isinstance(v, int | float | str)
+            )
+            policy = short(r["policy_digest"]) if r.get("policy_digest") else "-"
+            lines.append(f"| {r['gate']} | {r['gate_version']} | {r['status']} |"
+                         f" {metrics or '-'} | `{policy}` | {r['ended_at']} |")  # fmt: skip
+        lines += ["", "Each run's evidence is under `registry/evidence/`; all runs are in"
+                  " `registry/gate-runs.json`."]  # fmt: skip
+    else:
+        lines.append("No gate has run on this bundle yet.")
+    base_load = (
+        f'base = AutoModelForCausalLM.from_pretrained("{src[0]}", revision="{src[1]}")'
+        if src is not None
+        else f'base = AutoModelForCausalLM.from_pretrained("{repo_id}", subfolder="base")'
+        if include_base
+        else "base = AutoModelForCausalLM.from_pretrained(...)  # the bundle's base model"
+    )
+    lines += [
+        "",
+        "## Loading",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        "",
+        base_load,
+        f'model = PeftModel.from_pretrained(base, "{repo_id}", revision="v{row["version"]}")',
+        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}", revision="v{row["version"]}")',
+        "```",
+        "",
+        f"Or, with the registry: `registry pull {tag} --remote NAME` re-verifies every"
+        " digest against the manifests under `registry/`. Channel positions (staging,"
+        " production, ...) are in `registry/channels.json`; each version is a git tag.",
+        "",
+    ]
+    return "\n".join(lines).encode()

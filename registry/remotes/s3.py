@@ -1,0 +1,715 @@
+"""The S3 remote (AWS S3 or any S3-compatible store: MinIO, Cloudflare R2, Ceph, ...).
+
+Layout under `s3://bucket/prefix/` (it mirrors the local store):
+
+    registry-remote.json        {"format":1}: checked before anything else is read
+    blobs/sha256/<64 hex>       every blob: file content, component and bundle manifests,
+                                and the policies and gate evidence the database names
+    refs/<name>/v<N>            a version: its body is the bundle digest; written once
+    refs/<name>/<channel>       a channel: its body is the bundle digest; moves
+
+Push writes blobs, then component manifests, then the bundle manifest, then the version
+ref, then the channel ref; each step starts only when the one before has completed, so an
+interrupted push never leaves a ref to missing data. Refs are written with conditional
+requests: a version with `If-None-Match: *` (versions never move), a channel with
+`If-Match: <etag it was read with>` (two pushers cannot overwrite each other silently).
+
+Every blob is re-hashed while it uploads, and the request that makes the object exist
+(PutObject, or CompleteMultipartUpload after the parts) waits for that hash: a corrupt
+local blob is never completed on the remote. Single-part uploads also send our sha256 as
+`ChecksumSHA256` (S3 rejects a mismatch); multipart uploads send per-part SHA-256
+checksums (the object's checksum is then composite, not our digest). Downloads stream
+into a BlobSink that hashes, fsyncs and verifies before the blob enters the store.
+
+Credentials come only from the usual AWS chain (environment, profile, SSO, instance role).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from registry import refs
+from registry.digest import canonical_json, check_digest, hex_of, short
+from registry.errors import (
+    ConflictError,
+    IntegrityError,
+    RegistryError,
+    RemoteError,
+    UsageError,
+)
+from registry.remotes.base import ProgressFactory, PullResult, PushResult, RemoteSpec
+from registry.remotes.sync import (
+    BlobSink,
+    BundleBlobs,
+    adopt_channel,
+    check_local_blobs,
+    fetch_side_blobs,
+    import_bundle,
+    load_local,
+    local_side_blobs,
+    missing_blobs,
+    parse_remote_bundle,
+    pick,
+    store_manifests,
+)
+
+if TYPE_CHECKING:
+    from registry.repo import Registry
+
+MiB = 1024 * 1024
+FORMAT = {"format": 1}
+FORMAT_KEY = "registry-remote.json"
+MAX_MANIFEST = 64 * MiB  # a manifest larger than this is refused before it is read
+MAX_REF = 1024
+HEAD_LIMIT = 16  # up to this many blobs: one HEAD each; more: one listing of blobs/
+STALE_UPLOAD_S = 24 * 3600  # incomplete multipart uploads older than this are aborted
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(1, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
+
+
+def upload_config() -> Any:
+    """Transfer tuning for uploads (override with REGISTRY_S3_UPLOAD_PART_MB and
+    REGISTRY_S3_CONCURRENCY). Measured against loopback moto in bench/README.remotes.md."""
+    from boto3.s3.transfer import TransferConfig
+
+    part = _env_int("REGISTRY_S3_UPLOAD_PART_MB", 16) * MiB
+    return TransferConfig(
+        multipart_threshold=part,
+        multipart_chunksize=part,
+        max_concurrency=_env_int("REGISTRY_S3_CONCURRENCY", 10),
+        use_threads=True,
+        preferred_transfer_client="classic",
+    )
+
+
+def download_config() -> Any:
+    """Transfer tuning for downloads: large parts (an S3 GET has a high fixed cost, moto's
+    especially: it reads the whole object for each ranged GET) and 8 threads."""
+    from boto3.s3.transfer import TransferConfig
+
+    part = _env_int("REGISTRY_S3_DOWNLOAD_PART_MB", 64) * MiB
+    return TransferConfig(
+        multipart_threshold=part,
+        multipart_chunksize=part,
+        max_concurrency=_env_int("REGISTRY_S3_CONCURRENCY", 8),
+        use_threads=True,
+        preferred_transfer_client="classic",
+    )
+
+
+def _verify_file(path: Path, digest: str, size: int) -> None:
+    """Raise IntegrityError unless the file holds exactly the blob `digest`."""
+    from registry.store import hash_fd
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        actual, n = hash_fd(fd)
+    finally:
+        os.close(fd)
+    if actual != digest or n != size:
+        raise IntegrityError(
+            f"local blob {short(digest)} does not match its digest; not pushed",
+            "Run `registry verify --all`, then pull the bundle again from a good copy.",
+        )
+
+
+def _subscribers(size: int, on_bytes: Callable[[int], None] | None) -> list[Any]:
+    from s3transfer.subscribers import BaseSubscriber
+
+    class Sub(BaseSubscriber):  # type: ignore[misc]
+        def on_queued(self, future: Any, **kwargs: Any) -> None:
+            future.meta.provide_transfer_size(size)  # no HEAD: we know the size
+
+        def on_progress(self, future: Any, bytes_transferred: int, **kwargs: Any) -> None:
+            if on_bytes is not None:
+                on_bytes(bytes_transferred)
+
+    return [Sub()]
+
+
+class S3Remote:
+    """A registry remote on S3 or an S3-compatible endpoint."""
+
+    def __init__(self, spec: RemoteSpec) -> None:
+        self.spec = spec
+        self.bucket, self.prefix = spec.bucket, spec.prefix
+        self._client: Any = None
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+            from botocore.exceptions import BotoCoreError, ProfileNotFound
+
+            opts = self.spec.options
+            try:
+                session = boto3.session.Session(
+                    profile_name=opts.get("profile"), region_name=opts.get("region")
+                )
+                self._client = session.client(
+                    "s3",
+                    endpoint_url=opts.get("endpoint_url"),
+                    config=Config(
+                        retries={"mode": "standard"},
+                        max_pool_connections=32,
+                        connect_timeout=10,
+                        read_timeout=120,
+                        # Path-style works on MinIO, R2 and AWS; virtual hosts need DNS.
+                        s3={"addressing_style": "path"} if opts.get("endpoint_url") else {},
+                    ),
+                )
+            except ProfileNotFound as exc:
+                raise UsageError(
+                    f"remote {self.spec.name}: AWS profile {opts.get('profile')!r} not found",
+                    "Configure it in ~/.aws/config, or re-add the remote with another --profile.",
+                ) from exc
+            except BotoCoreError as exc:
+                raise RemoteError(f"remote {self.spec.name}: {exc}") from exc
+        return self._client
+
+    def key(self, rel: str) -> str:
+        return f"{self.prefix}/{rel}" if self.prefix else rel
+
+    def blob_key(self, digest: str) -> str:
+        return self.key(f"blobs/sha256/{hex_of(digest)}")
+
+    def ref_key(self, name: str, tag: str) -> str:
+        return self.key(f"refs/{name}/{tag}")
+
+    @contextlib.contextmanager
+    def errors(self, doing: str) -> Iterator[None]:
+        """Translate boto3/botocore failures into one-line RemoteErrors (one boundary)."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+        from s3transfer.exceptions import RetriesExceededError
+
+        where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        try:
+            yield
+        except RegistryError:
+            raise
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            raise RemoteError(
+                f"{doing}: no AWS credentials for remote {self.spec.name}",
+                "Use the usual AWS chain: AWS_PROFILE or ~/.aws/credentials, AWS_ACCESS_KEY_ID"
+                " and AWS_SECRET_ACCESS_KEY, SSO, or an instance role.",
+            ) from exc
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = err.get("Code", "?")
+            if code == "NoSuchBucket":
+                raise RemoteError(
+                    f"{doing}: bucket {self.bucket} does not exist",
+                    "Create it first (e.g. `aws s3 mb s3://BUCKET`); the registry never"
+                    " creates buckets.",
+                ) from exc
+            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                raise RemoteError(
+                    f"{doing}: access to {where} denied ({code})",
+                    "Check which credentials the AWS chain picks (`aws sts get-caller-identity`)"
+                    " and the bucket policy.",
+                ) from exc
+            raise RemoteError(f"{doing}: {where}: {code}: {err.get('Message', '')}") from exc
+        except (BotoCoreError, RetriesExceededError, OSError) as exc:
+            raise RemoteError(
+                f"{doing}: cannot reach {where}: {exc}",
+                "Nothing half-done is visible on either side: run the same command again"
+                " and it resumes where it stopped.",
+            ) from exc
+
+    def _is_code(self, exc: Exception, *codes: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        if not isinstance(exc, ClientError):
+            return False
+        err = exc.response.get("Error", {})
+        status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        return err.get("Code") in codes or status in codes
+
+    def _get_small(self, key: str, limit: int) -> tuple[bytes, dict[str, Any]] | None:
+        """Body and response of a small object, None if it does not exist."""
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if self._is_code(exc, "NoSuchKey", "404"):
+                return None
+            raise
+        if int(resp.get("ContentLength", 0)) > limit:
+            resp["Body"].close()
+            raise IntegrityError(f"s3 object {key} is larger than {limit} bytes; refused")
+        with contextlib.closing(resp["Body"]) as body:
+            return body.read(), resp
+
+    def _put_if(self, key: str, data: bytes, **conditions: Any) -> bool:
+        """PUT with a condition (IfNoneMatch / IfMatch); False if the condition failed."""
+        import hashlib
+
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+                **conditions,
+            )
+        except Exception as exc:
+            if self._is_code(exc, "PreconditionFailed", "ConditionalRequestConflict", "412"):
+                return False
+            raise
+        return True
+
+    # --- format marker and refs -------------------------------------------------------
+
+    def check_format(self, *, create: bool) -> bool:
+        """True if the remote holds a registry (creating the marker on push)."""
+        got = self._get_small(self.key(FORMAT_KEY), MAX_REF)
+        if got is None:
+            if create:
+                self._put_if(self.key(FORMAT_KEY), canonical_json(FORMAT), IfNoneMatch="*")
+                return True
+            return False
+        import json
+
+        try:
+            fmt = json.loads(got[0]).get("format")
+        except (ValueError, AttributeError):
+            fmt = None
+        if fmt != FORMAT["format"]:
+            raise RemoteError(
+                f"s3://{self.bucket}/{self.prefix} holds registry format {fmt!r};"
+                f" this version reads {FORMAT['format']}",
+                "Upgrade the registry, or use another prefix.",
+            )
+        return True
+
+    def get_ref(self, name: str, tag: str) -> tuple[str, str, dict[str, str]] | None:
+        """(digest, etag, metadata) of a ref, None if absent; a malformed ref is an error."""
+        got = self._get_small(self.ref_key(name, tag), MAX_REF)
+        if got is None:
+            return None
+        body, resp = got
+        try:
+            digest = check_digest(body.decode("ascii").strip(), f"ref {name}:{tag}")
+        except (UnicodeDecodeError, RegistryError):
+            raise IntegrityError(
+                f"remote ref {name}:{tag} does not hold a digest", "The remote is corrupt."
+            ) from None
+        return digest, resp.get("ETag", ""), dict(resp.get("Metadata") or {})
+
+    def list_refs(self) -> list[tuple[str, str]]:
+        """(name, tag) of every well-formed key under refs/ (one paginated listing)."""
+        base = self.key("refs/")
+        out = []
+        for key, _size in self._list(base):
+            name, sep, tag = key[len(base) :].partition("/")
+            try:
+                ok = sep and "/" not in tag and refs.parse(f"{name}:{tag}").tag == tag
+            except RegistryError:
+                ok = False
+            if ok:
+                out.append((name, tag))
+        return out
+
+    def _list(self, prefix: str) -> Iterator[tuple[str, int]]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"], int(obj["Size"])
+
+    # --- listing ----------------------------------------------------------------------
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every version on the remote with the channels that point at it, newest first."""
+        with self.errors("list"):
+            if not self.check_format(create=False):
+                return []
+            pairs = self.list_refs()
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                got = list(pool.map(lambda p: self.get_ref(*p), pairs))
+        versions: dict[tuple[str, str], dict[str, Any]] = {}
+        channels: list[tuple[str, str, str]] = []
+        for (name, tag), ref in zip(pairs, got, strict=True):
+            if ref is None:
+                continue  # removed between the listing and the read
+            digest, _etag, meta = ref
+            parsed = refs.parse(f"{name}:{tag}")
+            if parsed.version is not None:
+                size = meta.get("size")
+                versions[(name, digest)] = {
+                    "name": name,
+                    "version": parsed.version,
+                    "tag": f"{name}:{tag}",
+                    "digest": digest,
+                    "size": int(size) if size and size.isdigit() else None,
+                    "channels": [],
+                }
+            else:
+                channels.append((name, tag, digest))
+        for name, channel, digest in channels:
+            entry = versions.get((name, digest))
+            if entry is None:  # a channel whose version ref is gone: still listed
+                entry = versions[(name, digest)] = {
+                    "name": name, "version": None, "tag": f"{name}@{short(digest)}",
+                    "digest": digest, "size": None, "channels": [],
+                }  # fmt: skip
+            entry["channels"].append(channel)
+        out = sorted(versions.values(), key=lambda e: (e["name"], -(e["version"] or 0)))
+        for e in out:
+            e["channels"].sort()
+        return out
+
+    # --- push -------------------------------------------------------------------------
+
+    def push(
+        self,
+        reg: Registry,
+        ref: str,
+        *,
+        include_base: bool = False,
+        actor: str,
+        progress: ProgressFactory | None = None,
+    ) -> PushResult:
+        t0 = time.perf_counter()
+        parsed = refs.parse(ref)
+        row, bundle = load_local(reg, ref)
+        base = bundle.components.get("base_model")
+        if include_base and base is not None and base.manifest.external:
+            raise UsageError(
+                f"--include-base: the base of {row['name']}:v{row['version']} is pinned on the"
+                f" Hub ({base.manifest.source}); an S3 remote holds its pin, not a copy",
+                "Drop --include-base, or add the bundle with a local --base directory.",
+            )
+        check_local_blobs(reg, bundle)
+        name, version = row["name"], row["version"]
+        vtag = f"v{version}"
+        result = PushResult(self.spec.name, bundle.digest, f"{name}:{vtag}", parsed.channel)
+        with self.errors(f"push {name}:{vtag}"):
+            self.check_format(create=True)
+            existing = self.get_ref(name, vtag)
+            if existing is not None and existing[0] != bundle.digest:
+                raise self._version_conflict(name, vtag, existing[0], bundle.digest)
+            files = bundle.file_blobs()
+            manifests = bundle.manifest_blobs()
+            side = local_side_blobs(reg, bundle.digest)  # policies, gate evidence
+            wanted = {**files, **side, **{d: len(b) for d, b in manifests}}
+            present = self.present(wanted)
+            result.blobs = len(wanted)
+            result.bytes_total = sum(wanted.values())
+            with contextlib.suppress(Exception):  # housekeeping: never fails a push
+                self.abort_stale_uploads(STALE_UPLOAD_S)
+            send = {d: s for d, s in {**files, **side}.items() if d not in present}
+            self.upload_blobs(reg, send, progress, f"push {name}:{vtag}")
+            # Manifests after every file they list; the bundle manifest last of all.
+            for digest, data in manifests:
+                if digest not in present:
+                    self.client.put_object(
+                        Bucket=self.bucket,
+                        Key=self.blob_key(digest),
+                        Body=data,
+                        ChecksumSHA256=base64.b64encode(bytes.fromhex(hex_of(digest))).decode(),
+                    )
+                    send[digest] = len(data)
+            result.blobs_sent = len(send)
+            result.bytes_sent = sum(send.values())
+            if existing is None:
+                meta = {"size": str(bundle.stored_size)}
+                if not self._put_if(
+                    self.ref_key(name, vtag), bundle.digest.encode(), IfNoneMatch="*", Metadata=meta
+                ):
+                    now = self.get_ref(name, vtag)
+                    if now is None or now[0] != bundle.digest:
+                        raise self._version_conflict(
+                            name, vtag, now[0] if now else "?", bundle.digest
+                        )
+                else:
+                    result.refs.append(vtag)
+            if parsed.channel is not None and self.move_channel(
+                name, parsed.channel, bundle.digest, version
+            ):
+                result.refs.append(parsed.channel)
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _version_conflict(self, name: str, tag: str, theirs: str, ours: str) -> ConflictError:
+        return ConflictError(
+            f"{name}:{tag} on remote {self.spec.name} is {short(theirs)}, not {short(ours)}:"
+            " versions never move",
+            "Another registry numbered a different bundle the same; share one database"
+            " (team mode) or pull theirs first. Channels, not versions, may be re-pointed.",
+        )
+
+    def move_channel(self, name: str, channel: str, digest: str, version: int) -> bool:
+        """Point a remote channel at `digest` (compare-and-swap on its ETag)."""
+        current = self.get_ref(name, channel)
+        if current is not None and current[0] == digest:
+            return False
+        meta = {"version": str(version)}
+        body = digest.encode()
+        key = self.ref_key(name, channel)
+        ok = (
+            self._put_if(key, body, IfNoneMatch="*", Metadata=meta)
+            if current is None
+            else self._put_if(key, body, IfMatch=current[1], Metadata=meta)
+        )
+        if not ok:
+            raise ConflictError(
+                f"channel {name}:{channel} on remote {self.spec.name} moved while pushing",
+                f"Run `registry ls --remote {self.spec.name}` to see where it is now, then"
+                " push again if it should still move.",
+            )
+        return True
+
+    def present(self, wanted: dict[str, int]) -> set[str]:
+        """Which of `wanted` (digest -> size) the remote holds with the right size."""
+        if len(wanted) <= HEAD_LIMIT:
+
+            def head(digest: str) -> str | None:
+                try:
+                    resp = self.client.head_object(Bucket=self.bucket, Key=self.blob_key(digest))
+                except Exception as exc:
+                    if self._is_code(exc, "NoSuchKey", "404", "NotFound"):
+                        return None
+                    raise
+                return digest if int(resp["ContentLength"]) == wanted[digest] else None
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                return {d for d in pool.map(head, wanted) if d is not None}
+        base = self.key("blobs/sha256/")
+        have = {}
+        for key, size in self._list(base):
+            have[f"sha256:{key[len(base) :]}"] = size
+        return {d for d, s in wanted.items() if have.get(d) == s}
+
+    def upload_blobs(
+        self,
+        reg: Registry,
+        blobs: dict[str, int],
+        progress: ProgressFactory | None,
+        label: str,
+    ) -> None:
+        """Upload blob files in parallel through boto3's transfer manager, verified.
+
+        Each file is re-hashed in a side thread while its parts upload; the request that
+        makes the object exist (PutObject, or CompleteMultipartUpload after the parts) waits
+        for that hash and is refused if the bytes do not match the digest, so a rotten
+        local blob never becomes a remote one (boto3 then aborts the multipart upload).
+        The parts themselves read the file in parallel, as a plain upload_file does.
+        """
+        if not blobs:
+            return
+        from concurrent.futures import Future
+
+        from boto3.s3.transfer import create_transfer_manager
+
+        config = upload_config()
+        on_bytes = progress(label, sum(blobs.values())) if progress else None
+        checks: dict[str, Future[None]] = {}
+
+        def gate(params: dict[str, Any], **_: Any) -> None:
+            check = checks.get(params.get("Key", ""))
+            if check is not None:
+                check.result()  # raises IntegrityError: the request is never sent
+
+        events = self.client.meta.events
+        hooks = [f"before-parameter-build.s3.{op}" for op in
+                 ("PutObject", "CompleteMultipartUpload")]  # fmt: skip
+        for hook in hooks:  # a unique_id is per emitter, not per event: one each
+            events.register(hook, gate, unique_id=f"{hook}-registry-verify-{id(self)}")
+        try:
+            with (
+                ThreadPoolExecutor(max_workers=4) as hashers,
+                create_transfer_manager(self.client, config) as tm,
+            ):
+                futures = []
+                for digest, size in sorted(blobs.items(), key=lambda kv: -kv[1]):
+                    path, key = reg.store.path(digest), self.blob_key(digest)
+                    checks[key] = hashers.submit(_verify_file, path, digest, size)
+                    sha = base64.b64encode(bytes.fromhex(hex_of(digest))).decode()
+                    extra = (
+                        {"ChecksumSHA256": sha}  # S3 checks the whole object against it
+                        if size < config.multipart_threshold
+                        else {"ChecksumAlgorithm": "SHA256"}  # a SHA-256 for every part
+                    )
+                    futures.append(tm.upload(str(path), self.bucket, key, extra_args=extra,
+                                             subscribers=_subscribers(size, on_bytes)))  # fmt: skip
+                for f in futures:
+                    f.result()
+        finally:
+            for hook in hooks:
+                events.unregister(hook, unique_id=f"{hook}-registry-verify-{id(self)}")
+
+    def abort_stale_uploads(self, older_than: float) -> int:
+        """Abort incomplete multipart uploads of blobs started more than `older_than` s ago.
+
+        A killed push leaves its multipart upload open (invisible, but billed). A younger
+        one may belong to a push still running, so it is left alone; a bucket lifecycle
+        rule (AbortIncompleteMultipartUpload) is the belt to these braces.
+        """
+        import datetime as dt
+
+        cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=older_than)
+        n = 0
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self.key("blobs/")):
+            for up in page.get("Uploads", []) or []:
+                if up["Initiated"] <= cutoff:
+                    with contextlib.suppress(Exception):
+                        self.client.abort_multipart_upload(
+                            Bucket=self.bucket, Key=up["Key"], UploadId=up["UploadId"]
+                        )
+                        n += 1
+        return n
+
+    # --- pull -------------------------------------------------------------------------
+
+    def resolve(self, ref: str) -> dict[str, Any]:
+        """The remote entry (name, version, digest, channels) a reference names."""
+        parsed = refs.parse(ref)
+        if not self.check_format(create=False):
+            raise RemoteError(
+                f"remote {self.spec.name} holds no bundles yet",
+                f"Push one first: `registry push NAME:vN --remote {self.spec.name}`.",
+            )
+        if parsed.name is not None and parsed.version is not None:
+            got = self.get_ref(parsed.name, f"v{parsed.version}")
+            if got is not None:
+                return {"name": parsed.name, "version": parsed.version, "digest": got[0],
+                        "channels": []}  # fmt: skip
+        elif parsed.name is not None and parsed.channel is not None:
+            got = self.get_ref(parsed.name, parsed.channel)
+            if got is not None:
+                v = got[2].get("version", "")
+                return {"name": parsed.name, "version": int(v) if v.isdigit() else None,
+                        "digest": got[0], "channels": [parsed.channel]}  # fmt: skip
+        return pick(parsed, self.list(), self.spec.name)
+
+    def pull(
+        self, reg: Registry, ref: str, *, actor: str, progress: ProgressFactory | None = None
+    ) -> PullResult:
+        t0 = time.perf_counter()
+        parsed = refs.parse(ref)
+        with self.errors(f"pull {ref}"):
+            entry = self.resolve(ref)
+            bundle = self.fetch_bundle(entry["digest"], entry["name"])
+            need = missing_blobs(reg, bundle)
+            result = PullResult(
+                self.spec.name,
+                bundle.digest,
+                tag="",
+                remote_tag=f"{bundle.name}:v{entry['version']}" if entry["version"] else ref,
+                blobs=len(bundle.file_blobs()),
+                blobs_fetched=len(need),
+                bytes_total=sum(bundle.file_blobs().values()),
+                bytes_fetched=sum(need.values()),
+            )
+            self.download_blobs(reg, need, progress, f"pull {result.remote_tag}")
+            store_manifests(reg, bundle)
+            imported = import_bundle(reg, bundle, entry["version"], actor)
+            lacking = fetch_side_blobs(reg, bundle.digest, self._fetch_side)
+        if lacking:
+            result.notes.append(
+                f"{len(lacking)} policy or gate-evidence blob(s) this registry's database"
+                f" names are neither here nor on {self.spec.name} (e.g. {short(lacking[0])});"
+                " push from the registry that has them"
+            )
+        result.tag, result.created = imported.tag, imported.created
+        if imported.note:
+            result.notes.append(imported.note)
+        if parsed.channel is not None:
+            result.channel = parsed.channel
+            result.channel_moved = adopt_channel(
+                reg, bundle.name, parsed.channel, bundle.digest, actor=actor,
+                reason=f"pulled from {self.spec.name} ({self.spec.url})",
+            )  # fmt: skip
+        result.seconds = time.perf_counter() - t0
+        return result
+
+    def _fetch_side(self, digest: str) -> bytes | None:
+        got = self._get_small(self.blob_key(digest), MAX_MANIFEST)
+        return got[0] if got else None
+
+    def fetch_bundle(self, digest: str, name: str | None) -> BundleBlobs:
+        """The bundle manifest and its component manifests, each verified."""
+
+        def fetch(d: str) -> bytes:
+            got = self._get_small(self.blob_key(d), MAX_MANIFEST)
+            if got is None:
+                raise IntegrityError(
+                    f"remote {self.spec.name} lacks manifest {short(d)}",
+                    "The remote is incomplete; push the bundle to it again.",
+                )
+            return got[0]
+
+        return parse_remote_bundle(
+            fetch(digest), digest, lambda _kind, desc: fetch(desc.digest), name=name,
+            where=f"remote {self.spec.name}",
+        )  # fmt: skip
+
+    def download_blobs(
+        self,
+        reg: Registry,
+        blobs: dict[str, int],
+        progress: ProgressFactory | None,
+        label: str,
+    ) -> None:
+        """Download blobs in parallel into verifying sinks; each enters the store as soon
+        as it is complete and sound, so a re-run fetches only what is still missing."""
+        if not blobs:
+            return
+        from boto3.s3.transfer import create_transfer_manager
+
+        reg.store.init()
+        on_bytes = progress(label, sum(blobs.values())) if progress else None
+        sinks: list[BlobSink] = []
+        first_error: BaseException | None = None
+        try:
+            with create_transfer_manager(self.client, download_config()) as tm:
+                futures = []
+                for digest, size in sorted(blobs.items(), key=lambda kv: -kv[1]):
+                    sink = BlobSink(reg.store, digest, size)
+                    sinks.append(sink)
+                    futures.append(
+                        tm.download(
+                            self.bucket,
+                            self.blob_key(digest),
+                            sink,
+                            subscribers=_subscribers(size, on_bytes),
+                        )
+                    )
+                for sink, fut in zip(sinks, futures, strict=True):
+                    try:
+                        fut.result()
+                        sink.commit()
+                    except BaseException as exc:
+                        sink.discard()
+                        if first_error is None:
+                            first_error = exc
+        finally:
+            for sink in sinks:
+                sink.discard()  # no-op for a committed sink
+        if first_error is not None:
+            if self._is_code(first_error, "NoSuchKey", "404"):  # type: ignore[arg-type]
+                raise IntegrityError(
+                    f"remote {self.spec.name} lacks a blob its manifests list",
+                    "The remote is incomplete; push the bundle to it again.",
+                ) from first_error
+            raise first_error

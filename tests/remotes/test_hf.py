@@ -1,0 +1,358 @@
+"""The Hugging Face Hub remote: the real huggingface_hub client against our Hub-compatible
+test server (tests/remotes/hubserver.py), and what it publishes loaded with transformers
+and peft exactly as a user would load a model repo.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import add_args, run_cli
+from tests.remotes.conftest import HF_TEST_TOKEN, add_tiny, cli_ok
+
+# peft calls a deprecated transformers property while loading; nothing for us to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+REPO = "my-org/support-bot"
+POLICY = "[channels.production]\nrequire = []\n"
+
+
+def add_hub(reg: Path, name: str = "hub", repo: str = REPO, *extra: str) -> None:
+    cli_ok(reg, "remote", "add", name, f"hf://{repo}", *extra)
+
+
+def push_json(reg: Path, *args: str) -> dict:
+    return json.loads(cli_ok(reg, "push", *args, "--json"))
+
+
+def pull_json(reg: Path, ref: str, remote: str = "hub") -> dict:
+    return json.loads(cli_ok(reg, "pull", ref, "--remote", remote, "--json"))
+
+
+def record_gate_run(reg_path: Path, ref: str, gate: str, status: str, **metrics: Any) -> None:
+    """Record a gate run the way the engine does (evidence blob, then the gate_run row)."""
+    from gates.base import GateResult
+    from gates.engine import record
+    from registry import refs
+    from registry.db import now
+    from registry.repo import Registry
+
+    class Recorded:
+        name, version = gate, "1"
+
+    reg = Registry.open(reg_path)
+    with reg.db.read() as conn:
+        digest = refs.resolve(conn, ref)["digest"]
+    record(reg, digest, Recorded, None, {}, GateResult(status, metrics=metrics,
+           summary=f"{gate} {status}"), now(), "tester")  # fmt: skip
+    reg.close()
+
+
+def files_at(server: Any, rev: str) -> dict[str, Any]:
+    repo = server.state.repos[REPO]
+    return server.state.resolve(repo, rev).files
+
+
+def content(server: Any, rev: str, path: str) -> bytes:
+    return server.state.content(files_at(server, rev)[path])
+
+
+def logits(model: Any, tokenizer: Any) -> Any:
+    import torch
+
+    ids = tokenizer("sort c a b", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def reference_logits(tiny: dict[str, Path]) -> Any:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    base = AutoModelForCausalLM.from_pretrained(tiny["base"], dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, tiny["adapter"]).eval()
+    return logits(model, AutoTokenizer.from_pretrained(tiny["tokenizer"]))
+
+
+def test_push_publishes_a_peft_repo_that_transformers_and_pull_load(
+    make_registry, tiny, hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from huggingface_hub import snapshot_download
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    a = make_registry("a")
+    bundle = add_tiny(a, tiny)
+    record_gate_run(a, "support-bot:v1", "dataset-audit", "passed", duplicate_rate=0.0)
+    record_gate_run(a, "support-bot:v1", "target-eval", "failed", delta=0.012)
+    add_hub(a, "hub", REPO, "--private")
+    out = push_json(a, "support-bot:v1", "--remote", "hub", "--include-base")
+    assert out["refs"] == ["v1"] and out["blobs_sent"] == out["blobs"]
+    repo = hub.state.repos[REPO]
+    assert repo.private and sorted(repo.tags) == ["v1"]
+    files = files_at(hub, "v1")
+    for path in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "README.md",
+        "base/config.json",
+        "base/model.safetensors",
+        "dataset/train.jsonl",
+        "config/train.yaml",
+        "registry/bundle.json",
+        "registry/components/adapter.json",
+        "registry/gate-runs.json",
+        "registry/versions.json",
+        "registry/channels.json",
+        "registry/files/adapter/README.md",
+    ):
+        assert path in files, path
+    assert files["adapter_model.safetensors"].sha256  # went through LFS, not inline
+    assert (
+        content(hub, "v1", "registry/bundle.json")
+        == (a / "blobs" / "sha256" / bundle["digest"][7:9] / bundle["digest"][7:]).read_bytes()
+    )
+    card = content(hub, "v1", "README.md").decode()
+    assert card.startswith("---\nlibrary_name: peft\n")
+    assert bundle["digest"] in card and "| bundle |" in card and "| lineage |" in card
+    assert "| dataset-audit | 1 | passed | duplicate_rate=0 |" in card
+    assert "| target-eval | 1 | failed | delta=0.012 |" in card
+    assert "dataset | `sha256:" in card and "license" in card
+    runs = json.loads(content(hub, "v1", "registry/gate-runs.json"))
+    assert [(r["gate"], r["status"]) for r in runs] == [
+        ("dataset-audit", "passed"),
+        ("target-eval", "failed"),
+    ]
+    assert all(f"registry/evidence/{r['evidence_digest'][7:]}.json" in files for r in runs)
+
+    # An unchanged push sends nothing and makes no commit.
+    commits = len(repo.commits)
+    again = push_json(a, "support-bot:v1", "--remote", "hub")
+    assert again["blobs_sent"] == 0 and again["refs"] == [] and len(repo.commits) == commits
+
+    # What snapshot_download returns loads directly with transformers and peft.
+    expected = reference_logits(tiny)
+    snap = Path(snapshot_download(REPO, revision="v1"))
+    tokenizer = AutoTokenizer.from_pretrained(snap)
+    base = AutoModelForCausalLM.from_pretrained(snap / "base", dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, snap).eval()
+    assert torch.allclose(logits(model, tokenizer), expected)
+    assert tokenizer.chat_template == (tiny["chat_template"]).read_text()
+
+    # What pull returns (exported) loads the same, every digest re-verified on the way.
+    b = make_registry("b")
+    add_hub(b)
+    pulled = pull_json(b, "support-bot:v1")
+    assert pulled["digest"] == bundle["digest"] and pulled["tag"] == "support-bot:v1"
+    assert "ok" in cli_ok(b, "verify", "support-bot:v1")
+    cli_ok(b, "export", "support-bot:v1", b.parent / "out")
+    out_dir = b.parent / "out"
+    base = AutoModelForCausalLM.from_pretrained(out_dir / "base", dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, out_dir).eval()
+    assert torch.allclose(logits(model, AutoTokenizer.from_pretrained(out_dir)), expected)
+
+    # The token comes from the environment; without it the private repo is invisible.
+    assert HF_TEST_TOKEN not in json.dumps(out)
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    res = run_cli("pull", "support-bot:v1", "--remote", "hub", registry=b)
+    assert res.code == 1 and "does not exist or" in res.err and res.err.count("\n") == 1
+
+
+def test_versions_tags_and_channels_on_the_hub(make_registry, tiny, hub) -> None:
+    from registry.commands.remote import ls_remote
+    from registry.repo import Registry
+
+    a, b = make_registry("a"), make_registry("b")
+    policy = a.parent / "policy.toml"
+    policy.write_text(POLICY)
+    cli_ok(a, "policy", "set", policy)
+    v1 = add_tiny(a, tiny)
+    v2 = add_tiny(a, tiny, "--annotation", "note=v2")
+    add_hub(a)
+    add_hub(b)
+    cli_ok(a, "promote", "support-bot:v1", "--to", "production")
+    first = push_json(a, "support-bot:production", "--remote", "hub", "--include-base")
+    assert first["refs"] == ["v1", "production"]
+    lfs_bytes = hub.state.lfs_uploaded
+    out = push_json(a, "support-bot:v2", "--remote", "hub", "--include-base")
+    assert out["refs"] == ["v2"] and out["blobs_sent"] == 0  # every file blob is shared
+    assert hub.state.lfs_uploaded == lfs_bytes  # nothing large sent twice
+    assert sorted(hub.state.repos[REPO].tags) == ["v1", "v2"]
+    reg = Registry.open(b)
+    listed = ls_remote(reg, "hub")
+    reg.close()
+    assert [(e["tag"], e["digest"], e["channels"]) for e in listed] == [
+        ("support-bot:v2", v2["digest"], []),
+        ("support-bot:v1", v1["digest"], ["production"]),
+    ]
+    assert pull_json(b, "support-bot:production")["tag"] == "support-bot:v1"
+
+    cli_ok(a, "promote", "support-bot:v2", "--to", "production")
+    moved = push_json(a, "support-bot:production", "--remote", "hub")
+    assert moved["refs"] == ["production"]
+    channels = json.loads(content(hub, "main", "registry/channels.json"))
+    assert channels["channels"] == {"production": {"digest": v2["digest"], "version": 2}}
+    got = pull_json(b, "support-bot:production")
+    assert got["tag"] == "support-bot:v2" and got["channel_moved"]
+    history = json.loads(cli_ok(b, "history", "support-bot:production", "--json"))
+    assert [h["action"] for h in history] == ["sync", "sync"]
+
+    # An older version's channel move leaves main's files (v2) in place.
+    cli_ok(a, "rollback", "support-bot:production", "--reason", "incident")
+    assert push_json(a, "support-bot:production", "--remote", "hub")["refs"] == ["production"]
+    assert json.loads(content(hub, "main", "registry/bundle.json"))["annotations"] == {
+        "note": "v2"}  # fmt: skip
+    assert pull_json(b, "support-bot:production")["tag"] == "support-bot:v1"
+
+    # Versions never move; one repo holds one bundle name.
+    c = make_registry("c")
+    add_tiny(c, tiny, "--annotation", "team=c")
+    add_hub(c)
+    res = run_cli("push", "support-bot:v1", "--remote", "hub", registry=c)
+    assert res.code == 1 and "versions never move" in res.err
+    cli_ok(c, *add_args(tiny, "other-bot"))
+    res = run_cli("push", "other-bot:v1", "--remote", "hub", registry=c)
+    assert res.code == 2 and "holds bundles named support-bot" in res.err
+
+
+def test_an_external_base_is_referenced_not_uploaded(make_registry, tiny, hub) -> None:
+    import torch
+    from huggingface_hub import HfApi, snapshot_download
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    api = HfApi()
+    api.create_repo("base-org/tiny-base")
+    base_commit = api.upload_folder(
+        repo_id="base-org/tiny-base", folder_path=tiny["base"], commit_message="base"
+    ).oid
+    a = make_registry("a")
+    args = add_args(tiny)
+    args[args.index("--base") + 1] = f"hf://base-org/tiny-base@{base_commit}"
+    bundle = json.loads(cli_ok(a, *args, "--json"))
+    add_hub(a)
+    res = run_cli("push", "support-bot:v1", "--remote", "hub", "--include-base", registry=a)
+    assert res.code == 2 and "referenced, not copied" in res.err
+    push_json(a, "support-bot:v1", "--remote", "hub")
+    files = files_at(hub, "v1")
+    assert not any(p.startswith("base/") for p in files)
+    published = json.loads(content(hub, "v1", "adapter_config.json"))
+    assert published["base_model_name_or_path"] == "base-org/tiny-base"
+    assert published["revision"] == base_commit
+    assert (
+        content(hub, "v1", "registry/files/adapter/adapter_config.json")
+        == (tiny["adapter"] / "adapter_config.json").read_bytes()
+    )
+    card = content(hub, "v1", "README.md").decode()
+    assert "base_model: base-org/tiny-base" in card and base_commit in card
+
+    # A user loads the repo by name alone: peft fetches the pinned base from the Hub.
+    expected = reference_logits(tiny)
+    model = AutoPeftModelForCausalLM.from_pretrained(REPO, revision="v1", dtype=torch.float32)
+    snap = snapshot_download(REPO, revision="v1")
+    assert torch.allclose(logits(model.eval(), AutoTokenizer.from_pretrained(snap)), expected)
+
+    b = make_registry("b")
+    add_hub(b)
+    pulled = pull_json(b, "support-bot:v1")
+    assert pulled["digest"] == bundle["digest"]
+    assert "ok" in cli_ok(b, "verify", "support-bot:v1")
+    cli_ok(b, "export", "support-bot:v1", b.parent / "out")
+    assert (b.parent / "out" / "adapter_config.json").read_bytes() == (
+        tiny["adapter"] / "adapter_config.json"
+    ).read_bytes()
+
+
+def test_a_local_base_left_off_the_hub_must_already_be_in_the_store(
+    make_registry, tiny, hub
+) -> None:
+    a, b = make_registry("a"), make_registry("b")
+    add_tiny(a, tiny)
+    add_hub(a)
+    out = push_json(a, "support-bot:v1", "--remote", "hub")
+    assert "local base model was not uploaded" in out["notes"][0]
+    add_hub(b)
+    res = run_cli("pull", "support-bot:v1", "--remote", "hub", registry=b)
+    assert res.code == 1 and "base model is not on hf://" in res.err
+    assert json.loads(cli_ok(b, "ls", "--json")) == []
+    cli_ok(b, "add", "scratch", "--base", tiny["base"], "--full")  # now the store holds the base
+    assert pull_json(b, "support-bot:v1")["tag"] == "support-bot:v1"
+    assert "ok" in cli_ok(b, "verify", "support-bot:v1")
+
+
+def test_a_tampered_repo_is_refused_on_pull(make_registry, tiny, hub) -> None:
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    a, b = make_registry("a"), make_registry("b")
+    add_tiny(a, tiny)
+    add_hub(a)
+    add_hub(b)
+    push_json(a, "support-bot:v1", "--remote", "hub", "--include-base")
+    api = HfApi()
+    weights = bytearray(content(hub, "v1", "adapter_model.safetensors"))
+    weights[-1] ^= 1
+    evil = api.create_commit(REPO, [CommitOperationAdd("adapter_model.safetensors",
+                                                       bytes(weights))],
+                             commit_message="tamper").oid  # fmt: skip
+    api.delete_tag(REPO, tag="v1")
+    api.create_tag(REPO, tag="v1", revision=evil)
+    res = run_cli("pull", "support-bot:v1", "--remote", "hub", registry=b)
+    assert res.code == 1 and "does not match its digest" in res.err
+    assert json.loads(cli_ok(b, "ls", "--json")) == []
+    for scratch in (b / "blobs" / "tmp", b / "tmp"):  # nothing half-downloaded left behind
+        assert not [p for p in scratch.rglob("*") if p.is_file()]
+
+
+def test_an_interrupted_hub_push_resumes_without_resending(
+    make_registry, tiny, hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub._commit_api as commit_api
+    from huggingface_hub import HfApi
+
+    a = make_registry("a")
+    add_tiny(a, tiny)
+    add_hub(a)
+    fail = {"commit": 1, "tag": 0}
+
+    def flaky(real: Any, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if fail[name]:
+                fail[name] -= 1
+                raise OSError("connection reset by peer")  # the network died here
+            return real(*args, **kwargs)
+
+        return call
+
+    # The commit request dies after the LFS uploads; then the tag request after the commit.
+    monkeypatch.setattr(commit_api, "_send_commit", flaky(commit_api._send_commit, "commit"))
+    monkeypatch.setattr(HfApi, "create_tag", flaky(HfApi.create_tag, "tag"))
+    res = run_cli("push", "support-bot:v1", "--remote", "hub", "--include-base", registry=a)
+    assert res.code == 1 and "cannot reach hf://" in res.err and res.err.count("\n") == 1
+    repo = hub.state.repos[REPO]
+    assert len(repo.commits) == 1 and repo.tags == {}  # LFS objects uploaded, nothing visible
+    uploaded = hub.state.lfs_uploaded
+    assert uploaded > 0
+    fail["tag"] = 1  # this time the commit lands but the tag does not
+    res = run_cli("push", "support-bot:v1", "--remote", "hub", "--include-base", registry=a)
+    assert res.code == 1 and repo.tags == {} and len(repo.commits) == 2
+    assert hub.state.lfs_uploaded == uploaded  # nothing large sent twice
+    from registry.commands.remote import ls_remote
+    from registry.repo import Registry
+
+    reg = Registry.open(a)
+    assert ls_remote(reg, "hub") == []  # a version exists only once it is tagged
+    reg.close()
+    out = push_json(a, "support-bot:v1", "--remote", "hub", "--include-base")
+    assert out["refs"] == ["v1"] and len(repo.commits) == 2 and repo.tags["v1"]
+    assert hub.state.lfs_uploaded == uploaded

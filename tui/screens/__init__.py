@@ -1,0 +1,1 @@
+"""One module per screen: bundles, detail, channels, promote, gates, diff, evidence, help."""
