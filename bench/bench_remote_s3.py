@@ -1,5 +1,5 @@
 """S3 remote benchmarks against moto's server on loopback (run by hand; see
-bench/README.remotes.md for the figures and what they mean).
+bench/README.md for the figures and what they mean).
 
     .venv/bin/python bench/bench_remote_s3.py [--size-mib 1024] [--aws /path/to/aws]
 

@@ -81,7 +81,7 @@ def _env_int(name: str, default: int) -> int:
 
 def upload_config() -> Any:
     """Transfer tuning for uploads (override with REGISTRY_S3_UPLOAD_PART_MB and
-    REGISTRY_S3_CONCURRENCY). Measured against loopback moto in bench/README.remotes.md."""
+    REGISTRY_S3_CONCURRENCY). Measured against loopback moto in bench/README.md."""
     from boto3.s3.transfer import TransferConfig
 
     part = _env_int("REGISTRY_S3_UPLOAD_PART_MB", 16) * MiB

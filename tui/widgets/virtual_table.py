@@ -4,7 +4,7 @@ Textual's DataTable measures and stores every cell up front: with 10,000 bundles
 4 s to first paint and 65 ms per cursor move on the reference machine. This Line API
 widget keeps the row objects as they are and formats the ~20 visible ones per frame, so
 first paint and every keystroke cost the same with 10 or 10,000 rows
-(bench/README.tui.md).
+(bench/README.md).
 """
 
 from __future__ import annotations
