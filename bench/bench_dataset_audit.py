@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gates import data  # noqa: E402
+from gates import data, minhash, rows  # noqa: E402
 
 TEMPLATE = (
     "{{- bos_token }}{%- for message in messages %}"
@@ -109,7 +109,7 @@ def train_tokenizer(out: Path, texts: list[list[str]]) -> object:
     return Tokenizer.from_file(str(out / "tokenizer.json"))
 
 
-def exact_all_pairs(sh: data.Shingles, threshold: float) -> set[tuple[int, int]]:
+def exact_all_pairs(sh: minhash.Shingles, threshold: float) -> set[tuple[int, int]]:
     """Every pair's exact Jaccard: for each row, intersections with all later rows at once."""
     n = len(sh)
     uniq = [sh.unique(i) for i in range(n)]
@@ -193,12 +193,12 @@ def main() -> int:
             (p["a"]["line"], p["b"]["line"]) for p in evidence["duplicates"]["near_pairs"]
         }
         near_found = sum((a + 1, b + 1) in near_lines for a, b in world["near"])
-        pair_texts = [data.row_texts(chat(world["texts"][i]))[0] for p in world["near"] for i in p]
-        psh = data.shingle(pair_texts, 3)
+        pair_texts = [rows.row_texts(chat(world["texts"][i]))[0] for p in world["near"] for i in p]
+        psh = minhash.shingle(pair_texts, 3)
         above = [
             pair
             for k, pair in enumerate(world["near"])
-            if data.jaccard(psh.unique(2 * k), psh.unique(2 * k + 1)) >= 0.8
+            if minhash.jaccard(psh.unique(2 * k), psh.unique(2 * k + 1)) >= 0.8
         ]
         above_found = sum((a + 1, b + 1) in near_lines for a, b in above)
         print(
@@ -212,13 +212,13 @@ def main() -> int:
 
         # 2. near duplicates on a sample: LSH vs exact all-pairs
         n = args.sample
-        texts = [data.row_texts(chat(ws))[0] for ws in world["texts"][:n]]
+        texts = [rows.row_texts(chat(ws))[0] for ws in world["texts"][:n]]
         t = time.perf_counter()
-        sh = data.shingle(texts, 3)
-        lsh_pairs, stats = data.near_duplicate_pairs(sh, 0.8, 128)
+        sh = minhash.shingle(texts, 3)
+        lsh_pairs, stats = minhash.near_duplicate_pairs(sh, 0.8, 128)
         t_lsh = time.perf_counter() - t
         t = time.perf_counter()
-        sh2 = data.shingle(texts, 3)
+        sh2 = minhash.shingle(texts, 3)
         truth = exact_all_pairs(sh2, 0.8)
         t_exact = time.perf_counter() - t
         t = time.perf_counter()

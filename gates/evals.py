@@ -14,7 +14,6 @@ the evidence says.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gates.base import Gate, GateContext, GateResult
+from gates.rows import iter_jsonl
 from registry.errors import GateError, PolicyError, RegistryError
 
 if TYPE_CHECKING:
@@ -110,13 +110,9 @@ def load_items(ctx: GateContext, relpath: str) -> list[Item]:
             " next to the policy.",
         ) from exc
     items = []
-    for lineno, line in enumerate(path.read_text("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GateError(f"{relpath} line {lineno} is not JSON: {exc.msg}") from None
+    for lineno, row, err in iter_jsonl(path):
+        if err is not None:
+            raise GateError(f"{relpath} line {lineno} {err.removeprefix('line ')}")
         items.append(_item(row, f"{relpath} line {lineno}"))
     if not items:
         raise GateError(f"eval set {relpath} has no rows")

@@ -20,7 +20,6 @@ CPU give the same adapter digest. GPU kernels are not bitwise deterministic.
 
 from __future__ import annotations
 
-import json
 import math
 import tempfile
 from collections.abc import Callable
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gates.base import Gate, GateContext, GateResult, require_component
+from gates.rows import read_jsonl
 from registry.errors import GateError, InvalidInputError, UsageError
 
 if TYPE_CHECKING:
@@ -411,21 +411,6 @@ def read_splits(root: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
         raise GateError("the dataset has no train split (train.jsonl)")
     val = next((p for p in map(find, VALIDATION_SPLITS) if p is not None), None)
     return read_jsonl(train), read_jsonl(val) if val else []
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for lineno, line in enumerate(path.read_text("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise GateError(f"{path.name} line {lineno} is not JSON: {exc.msg}") from None
-        if not isinstance(row, dict):
-            raise GateError(f"{path.name} line {lineno} is not a JSON object")
-        rows.append(row)
-    return rows
 
 
 def row_messages(row: dict[str, Any]) -> list[dict[str, str]] | None:

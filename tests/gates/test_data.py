@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gates import data
+from gates import data, minhash
 from tests.conftest import add_args, run_cli
 
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # any database will do
@@ -252,10 +252,10 @@ def test_prompt_completion_format_is_checked(tmp_path: Path) -> None:
 
 
 def test_shingles_are_deterministic_and_ignore_case_and_punctuation() -> None:
-    a = data.shingle(["Hello, World! how are you", "hello world how are you", "hi"], 3)
+    a = minhash.shingle(["Hello, World! how are you", "hello world how are you", "hi"], 3)
     assert a.counts().tolist() == [3, 3, 1]
     assert np.array_equal(a.unique(0), a.unique(1))
-    b = data.shingle(["hello world how are you"], 3)
+    b = minhash.shingle(["hello world how are you"], 3)
     assert np.array_equal(b.unique(0), a.unique(1))  # same hashes in another call
 
 
@@ -269,10 +269,10 @@ def test_minhash_estimates_track_exact_jaccard() -> None:
         for k in rng.sample(range(200), edits):
             words[k] = rng.choice(vocab)
         texts.append(" ".join(words))
-    sh = data.shingle(texts, 3)
-    sig = data.minhash(sh, 256)
+    sh = minhash.shingle(texts, 3)
+    sig = minhash.minhash(sh, 256)
     for j in range(1, len(texts)):
-        exact = data.jaccard(sh.unique(0), sh.unique(j))
+        exact = minhash.jaccard(sh.unique(0), sh.unique(j))
         estimate = float(np.mean(sig[0] == sig[j]))
         assert abs(estimate - exact) < 0.1, (j, exact, estimate)
 
@@ -288,12 +288,12 @@ def test_lsh_finds_every_pair_above_threshold() -> None:
             words[rng.randrange(100)] = "changed"
             planted.add((len(texts) - 1, len(texts)))
             texts.append(" ".join(words))
-    sh = data.shingle(texts, 3)
-    pairs, stats = data.near_duplicate_pairs(sh, 0.8, 128)
+    sh = minhash.shingle(texts, 3)
+    pairs, stats = minhash.near_duplicate_pairs(sh, 0.8, 128)
     found = {(i, j) for i, j, _ in pairs}
     assert found == planted
     assert stats["bands"] * stats["rows_per_band"] <= 128
-    b, r = data.lsh_params(0.8, 128)
+    b, r = minhash.lsh_params(0.8, 128)
     assert 1 - (1 - 0.8**r) ** b >= 0.99 and 1 - (1 - 0.8 ** (r + 1)) ** (128 // (r + 1)) < 0.99
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gates.template import RenderError, Sandbox, render
+from gates.sandbox import RenderError, Sandbox, render
 from tests.conftest import add_args, run_cli
 
 SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # any database will do
