@@ -66,10 +66,10 @@ def step(title: str) -> None:
 def run(*args: str | Path, check: bool = True, quiet: bool = False) -> subprocess.CompletedProcess:
     cmd = [REGISTRY, *map(str, args)]
     print("$ registry " + " ".join(shlex.quote(str(a)) for a in args), flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if not quiet:
+    # stderr (progress, errors) interleaved with stdout, in the order the command wrote them
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if not quiet or proc.returncode != 0:
         sys.stdout.write(proc.stdout)
-    sys.stdout.write(proc.stderr)
     if check and proc.returncode != 0:
         raise SystemExit(f"demo step failed (exit {proc.returncode})")
     return proc

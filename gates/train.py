@@ -7,8 +7,9 @@ same base, tokenizer and chat template, the dataset and config used, the new ada
 Its loss curves are recorded as a `train` gate run of the new bundle.
 
 The `train` gate re-runs a bundle's own recipe (its base, dataset and config) and checks
-that the recipe trains sanely: the training loss falls, the validation loss does not rise
-past `max_val_loss_rise` while the training loss keeps falling (overfitting), and, with
+that the recipe trains sanely: the training loss falls, the validation loss does not stay
+more than `max_val_loss_rise` above its best for the last `val_patience` evaluations while
+the training loss keeps falling (overfitting), and, with
 `require_reproducible`, that the retrained adapter is byte-identical to the bundle's
 (true on the CPU for any bundle `registry train` produced). A retrained adapter that
 differs is registered as a new bundle (parent = the gated bundle) when `register` is set.
@@ -68,7 +69,8 @@ class TrainGate(Gate):
     needs_model = True
     description = "LoRA fine-tune from the bundle's dataset and config; loss curves, overfitting"
     defaults: ClassVar[dict[str, Any]] = {
-        "max_val_loss_rise": 0.1,  # relative rise of validation loss above its minimum
+        "max_val_loss_rise": 0.1,  # relative rise of validation loss above its best
+        "val_patience": 3,  # ... sustained over this many evaluations
         "require_reproducible": False,
         "register": True,
     }
@@ -247,7 +249,12 @@ def _train(
     modeling.release(device)
 
     run = _Run(adapter_dir, tmp)
-    fit = overfitting(outcome.train_loss, outcome.val_loss, params["max_val_loss_rise"])
+    fit = overfitting(
+        outcome.train_loss,
+        outcome.val_loss,
+        params["max_val_loss_rise"],
+        params["val_patience"],
+    )
     first, last = (
         _window_mean(outcome.train_loss, 0, spec.eval_steps),
         _window_mean(
@@ -268,7 +275,10 @@ def _train(
         "seconds": round(outcome.seconds, 3),
         "trainable_parameters": outcome.trainable_parameters,
     }
-    run.thresholds = {"max_val_loss_rise": params["max_val_loss_rise"]}
+    run.thresholds = {
+        "max_val_loss_rise": params["max_val_loss_rise"],
+        "val_patience": fit.get("patience"),
+    }
     run.evidence = {
         "device": modeling.device_name(device),
         "quantization": "nf4" if quantize else None,
@@ -283,8 +293,9 @@ def _train(
         run.failures.append(f"training loss did not fall ({first:.4f} -> {last:.4f})")
     if fit["flagged"]:
         run.failures.append(
-            f"overfitting: validation loss rose {fit['rise']:.1%} above its minimum at step"
-            f" {fit['best_step']} while the training loss kept falling"
+            f"overfitting: validation loss stayed at least {fit['rise']:.1%} above its best"
+            f" (step {fit['best_step']}) for the last {fit['patience']} evaluations while"
+            " the training loss kept falling"
         )
     return run
 
@@ -441,15 +452,24 @@ def _encode(tokenizer: Any, row: dict[str, Any], max_len: int, packing: bool) ->
 
 
 def overfitting(
-    train: list[list[float]], val: list[list[float]], max_rise: float
+    train: list[list[float]], val: list[list[float]], max_rise: float, patience: int = 3
 ) -> dict[str, Any]:
-    """Whether validation loss rose more than `max_rise` (relative) above its minimum
-    while the training loss kept falling: the classic overfitting signature."""
-    if len(val) < 3:
-        return {"checked": False, "flagged": False, "reason": "fewer than 3 validation points"}
-    best_step, best = min(val, key=lambda p: (p[1], p[0]))
-    last_step, last = val[-1]
-    rise = (last - best) / best if best > 0 else 0.0
+    """Whether validation loss stayed more than `max_rise` (relative) above its best for
+    the last `patience` evaluations while the training loss kept falling: the overfitting
+    signature, as early stopping reads it. One noisy evaluation is not a trend: a tiny
+    validation set's loss jumps by 20% between neighbouring evaluations while still falling.
+    """
+    patience = max(1, int(patience))
+    if len(val) < patience + 2:
+        return {
+            "checked": False,
+            "flagged": False,
+            "reason": f"fewer than {patience + 2} validation points (val_patience {patience})",
+        }
+    head, tail = val[:-patience], val[-patience:]
+    best_step, best = min(head, key=lambda p: (p[1], p[0]))
+    floor = min(loss for _, loss in tail)
+    rise = (floor - best) / best if best > 0 else 0.0
     window = max(1, int(val[-1][0] - val[-2][0]))
     train_at_best = _window_mean(train, max(0, int(best_step) - window), window)
     train_last = _window_mean(train, len(train) - window, window)
@@ -459,7 +479,8 @@ def overfitting(
         "flagged": bool(rise > max_rise and falling),
         "best_step": int(best_step),
         "best_val_loss": best,
-        "final_val_loss": last,
+        "final_val_loss": val[-1][1],
+        "patience": patience,
         "rise": round(rise, 6),
         "train_loss_at_best": train_at_best,
         "train_loss_last": train_last,

@@ -236,6 +236,28 @@ def test_overfitting_is_flagged(world: World) -> None:
     assert m["final_train_loss"] < 0.1  # memorised the 8 rows
 
 
+def test_overfitting_needs_a_sustained_rise_not_one_noisy_evaluation() -> None:
+    from gates.train import overfitting
+
+    train = [[s, 4.0 - s / 100] for s in range(1, 301)]  # falling throughout
+    # A real validation curve of the demo's LoRA run (40 rows, every 15 steps): still
+    # falling, but its last point is 25% above the one before it.
+    noisy = [[0, 4.52], [15, 2.67], [30, 1.55], [45, 1.21], [60, 1.03], [75, 1.02],
+             [90, 0.98], [105, 0.85], [120, 0.83], [135, 0.71], [150, 0.71], [165, 0.68],
+             [180, 0.64], [195, 0.78], [210, 0.69], [225, 0.52], [240, 0.47], [255, 0.53],
+             [270, 0.37], [285, 0.34], [300, 0.42]]  # fmt: skip
+    fit = overfitting(train, noisy, 0.1)
+    assert fit["checked"] and not fit["flagged"]
+    # The same run going on to rise for three evaluations in a row is flagged.
+    rising = [*noisy[:-1], [300, 0.41], [315, 0.45], [330, 0.5]]
+    fit = overfitting([[s, 4.0 - s / 100] for s in range(1, 331)], rising, 0.1)
+    assert fit["flagged"] and fit["best_step"] == 285 and fit["rise"] > 0.1
+    # ... but not while the training loss has stopped falling (that is not overfitting).
+    assert not overfitting([[s, 1.0] for s in range(1, 331)], rising, 0.1)["flagged"]
+    # Too short a curve is not judged.
+    assert overfitting(train, noisy[:4], 0.1, patience=3)["checked"] is False
+
+
 # --- target and regression ---------------------------------------------------------------
 
 
