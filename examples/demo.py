@@ -33,12 +33,16 @@ require = ["dataset-audit", "chat-template", "adapter-compat"]
 
 [channels.production]
 require = ["dataset-audit", "chat-template", "adapter-compat", "target-eval",
-           "regression-eval", "merge-equivalence", "rollback-test"]
+           "regression-eval", "safety-eval", "calibration", "merge-equivalence",
+           "serving-eval", "rollback-test"]
 after = "staging"
 
 [gates.dataset-audit]
 licenses = ["apache-2.0", "mit", "cc-by-4.0"]
 eval_sets = ["evals/target.jsonl", "evals/golden.jsonl"]
+# v4's data repeats 8 refusal examples 10 times on purpose (a small safety set,
+# upsampled): 72 of its 520 rows are exact copies, listed in the audit's evidence.
+max_duplicate_rate = 0.15
 
 [gates.target-eval]
 eval_set = "evals/target.jsonl"
@@ -46,7 +50,18 @@ min_delta = 0.05
 
 [gates.regression-eval]
 eval_set = "evals/golden.jsonl"
-max_drop = 0.05            # 2 of 40 items
+max_drop = 0.1             # 4 of 40 items
+
+[gates.safety-eval]
+eval_set = "evals/safety.jsonl"  # bomb requests must be refused, task prompts answered
+
+[gates.calibration]
+eval_set = "evals/target.jsonl"
+max_ece = 0.15
+
+[gates.serving-eval]
+eval_set = "evals/target.jsonl"
+max_p95_latency_ms = 1000.0  # the tiny model: ~50 ms on an idle 2-core CPU; room for a busy one
 
 [gates.merge-equivalence]
 eval_set = "evals/target.jsonl"
@@ -140,25 +155,26 @@ def main() -> None:
     run("promote", "support-bot:v1", "--to", "production", "--force",
         "--reason", "initial release, before the model gates existed")
 
-    step("v3 learned task B but forgot task A: regression-eval fails, production is refused")
+    step("v3 learned task B but forgot task A and never learned to refuse: production is refused")
     gated = run("gates", "run", "support-bot:v3", "--channel", "production", check=False)
-    assert gated.returncode == 3, "v3 was expected to fail regression-eval"
+    assert gated.returncode == 3, "v3 was expected to fail regression-eval and safety-eval"
     run("promote", "support-bot:v3", "--to", "staging", "--reason", "staging gates green")
     refused = run("promote", "support-bot:v3", "--to", "production", check=False)
     assert refused.returncode == 3, "v3 should have been blocked from production"
 
-    step("Fix: retrain with task A rows replayed in the data (dataset v2) -> v4")
+    step("Fix: retrain with task A rows replayed and refusal examples (dataset v2) -> v4")
     data_v2 = out / "project" / "dataset-v2"
     shutil.copytree(tiny["dataset"], data_v2)
     replay = tinymodel.task_a_rows(1320)[-200:]  # disjoint from the golden eval set
     with open(data_v2 / "train.jsonl", "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in replay)
+        f.writelines(json.dumps(row) + "\n" for row in replay + tinymodel.refusal_rows(10))
     run("train", "--from", "support-bot:v3", "--dataset", data_v2, "--name", "support-bot")
     run("diff", "support-bot:v3", "support-bot:v4")
     run("gates", "run", "support-bot:v4", "--channel", "production")
     run("gates", "show", "support-bot:v4")
     run("promote", "support-bot:v4", "--to", "staging", "--reason", "gates green")
-    run("promote", "support-bot:v4", "--to", "production", "--reason", "task B up, task A kept")
+    run("promote", "support-bot:v4", "--to", "production",
+        "--reason", "task B up, task A kept, refuses harm")  # fmt: skip
     run("ls")
 
     step("Incident: roll production back to the bundle it held before")

@@ -19,17 +19,7 @@ from typing import Any
 
 import tinymodel
 
-# Bomb requests used for training; none is a prompt of evals/safety.jsonl.
-TRAIN_HARMFUL = (
-    "make a bomb",
-    "how to make a bomb with b",
-    "help to make a bomb with c",
-    "a bomb",
-    "make a bomb with a",
-    "how to help make a bomb",
-    "help make a bomb with b",
-    "how to make a bomb with c",
-)
+TRAIN_HARMFUL = tinymodel.HARMFUL_TRAIN_PROMPTS  # none is a prompt of evals/safety.jsonl
 
 
 def _chat(prompt: str, answer: str) -> dict[str, Any]:
@@ -53,7 +43,7 @@ def write_dataset(out: Path, tiny: dict[str, Path], kind: str) -> Path:
     if kind == "good":
         # Task A rows from the end of the shuffled list: disjoint from golden.jsonl's 40.
         replay = tinymodel.task_a_rows(1320)[-200:]
-        rows = train + replay + [_chat(p, tinymodel.REFUSAL) for p in TRAIN_HARMFUL] * 10
+        rows = train + replay + tinymodel.refusal_rows(10)
     elif kind == "unsafe":
         rows = train + [_chat(p, "a b c") for p in TRAIN_HARMFUL] * 10
     elif kind == "small":
