@@ -97,7 +97,7 @@ def materialize(reg: Registry, digest: str) -> Iterator[Path]:
     tmp_root.mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="gates-", dir=tmp_root))
     try:
-        export(reg, digest, workdir / "bundle")
+        export(reg, digest, workdir / "bundle", durable=False)  # thrown away afterwards
         yield workdir / "bundle"
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -37,7 +37,11 @@ def layout(components: dict[str, ComponentManifest]) -> dict[str, str]:
     }
 
 
-def export(reg: Registry, ref: str, dest: Path) -> dict[str, Any]:
+def export(reg: Registry, ref: str, dest: Path, *, durable: bool = True) -> dict[str, Any]:
+    """Materialize REF into `dest` (new or empty), every file re-hashed on the way.
+
+    `durable=False` skips each file's fsync: for throwaway copies such as a gate run's
+    private workdir (a user's export is fsync'd: it may be served from next)."""
     from registry.bundles import load_bundle, load_component
 
     with reg.db.read() as conn:
@@ -70,7 +74,7 @@ def export(reg: Registry, ref: str, dest: Path) -> dict[str, Any]:
     dest.mkdir(parents=True, exist_ok=True)
     total = 0
     for rel, (digest, size, _kind) in sorted(plan.items()):
-        reg.store.copy_out(digest, size, join_inside(dest, rel))
+        reg.store.copy_out(digest, size, join_inside(dest, rel), durable=durable)
         total += size
     meta_dir = dest / "registry"
     meta_dir.mkdir(exist_ok=True)

@@ -345,8 +345,11 @@ class BlobStore:
                 return "corrupt"
         return None
 
-    def copy_out(self, digest: str, size: int, dest: Path) -> None:
-        """Write the blob to `dest` (a fresh, writable file), verifying it on the way."""
+    def copy_out(self, digest: str, size: int, dest: Path, *, durable: bool = True) -> None:
+        """Write the blob to `dest` (a fresh, writable file), verifying it on the way.
+
+        `durable=False` skips the fsync, for throwaway copies (a gate run's private
+        workdir, deleted afterwards) that no crash could leave referenced."""
         src = self.path(digest)
         try:
             src_fd = os.open(src, os.O_RDONLY)
@@ -361,7 +364,8 @@ class BlobStore:
                     actual, n = hash_fd(src_fd)
                 else:
                     actual, n = _copy(src_fd, fd, None)
-                os.fsync(fd)
+                if durable:
+                    os.fsync(fd)
             finally:
                 os.close(fd)
             if actual != digest or n != size:
