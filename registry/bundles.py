@@ -243,8 +243,27 @@ def show(reg: Registry, ref: str) -> dict[str, Any]:
         "annotations": manifest.annotations,
         "channels": channels,
         "lineage": lineage,
+        "adaptation": adaptation(components, manifest.annotations),
         "components": components,
     }
+
+
+def adaptation(components: dict[str, Any], annotations: dict[str, str]) -> str:
+    """How the bundle adapts its base: `full`, `qlora`, or the adapter's PEFT type
+    lower-cased (`lora`, `ia3`, `prompt_tuning`, ...). QLoRA is a LoRA adapter whose
+    training config or base asks for quantized base weights (its adapter_config.json is
+    a plain LoRA one)."""
+    adapter = components.get("adapter")
+    if adapter is None:
+        return annotations.get("adaptation", "full")
+    peft_type = str(adapter["meta"].get("peft_type", "unknown")).lower()
+    quantized = any(
+        (components.get(kind) or {"meta": {}})["meta"].get("quantization")
+        for kind in ("config", "base_model")
+    )
+    if peft_type == "lora" and quantized:
+        return "qlora"
+    return peft_type
 
 
 def diff(reg: Registry, ref_a: str, ref_b: str) -> dict[str, Any]:

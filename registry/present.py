@@ -14,6 +14,7 @@ KEY_META = {
         "revision",
         "num_hidden_layers",
         "hidden_size",
+        "quantization",
         "weights",
     ),
     "adapter": (
@@ -23,13 +24,15 @@ KEY_META = {
         "lora_dropout",
         "target_modules",
         "scaling",
+        "num_virtual_tokens",
+        "feedforward_modules",
         "base_model_name_or_path",
         "weights",
     ),
     "tokenizer": ("tokenizer_class", "vocab_size", "special_tokens", "chat_template_sha256"),
     "chat_template": ("chars", "sha256_text"),
     "dataset": ("splits", "format", "license"),
-    "config": ("format", "hyperparameters"),
+    "config": ("format", "quantization", "hyperparameters"),
 }
 
 
@@ -45,6 +48,7 @@ def render_show(info: dict[str, Any]) -> str:
         f"  created   {info['created_at']} by {info['created_by']}",
         f"  size      {human_size(info['size'])}",
         f"  channels  {', '.join(info['channels']) or '-'}",
+        f"  adapts    {info['adaptation']}",
     ]
     if info["lineage"]:
         chain = " <- ".join(p["tag"] or p["digest"][:19] for p in info["lineage"])

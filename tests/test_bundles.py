@@ -83,8 +83,52 @@ def test_full_finetune_registers_without_adapter(cli, tiny) -> None:  # noqa: AN
     assert res.code == 0, res.err
     info = json.loads(cli("show", "full-bot:v1", "--json").out)
     assert "adapter" not in info["components"]
-    assert info["annotations"] == {"adaptation": "full"}
+    assert info["annotations"] == {"adaptation": "full"} and info["adaptation"] == "full"
     assert cli("add", "x", "--base", tiny["base"]).code == 2  # neither --adapter nor --full
+
+
+def test_every_adaptation_registers_with_its_type(cli, tiny, tmp_path) -> None:  # noqa: ANN001
+    """LoRA, QLoRA, IA3 and prompt tuning (adapters made with peft on the tiny base)."""
+    import torch
+    from peft import IA3Config, PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    def peft_adapter(config, out: Path) -> Path:  # noqa: ANN001
+        torch.manual_seed(0)
+        model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny["base"]), config)
+        model.save_pretrained(out)
+        return out
+
+    ia3 = peft_adapter(IA3Config(task_type="CAUSAL_LM", target_modules=["k_proj", "down_proj"],
+                                 feedforward_modules=["down_proj"]), tmp_path / "ia3")  # fmt: skip
+    prompt = peft_adapter(PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
+                          tmp_path / "prompt")  # fmt: skip
+    qlora_cfg = tmp_path / "qlora.yaml"
+    qlora_cfg.write_text(tiny["config"].read_text() + "load_in_4bit: true\nbnb_4bit_quant_type: nf4\n")
+
+    def add(name: str, adapter: Path, config: Path = tiny["config"]) -> dict:
+        args = add_args(tiny, name)
+        args[args.index("--adapter") + 1] = str(adapter)
+        args[args.index("--config") + 1] = str(config)
+        res = cli(*args)
+        assert res.code == 0, res.err
+        return json.loads(cli("show", name, "--json").out)
+
+    lora = add("lora-bot", tiny["adapter"])
+    assert lora["adaptation"] == "lora" and "quantization" not in lora["components"]["config"]["meta"]
+    qlora = add("qlora-bot", tiny["adapter"], qlora_cfg)
+    assert qlora["adaptation"] == "qlora"
+    assert qlora["components"]["config"]["meta"]["quantization"] == "4bit"
+    # the same adapter bytes: only the recipe says it was trained on a 4-bit base
+    assert qlora["components"]["adapter"]["digest"] == lora["components"]["adapter"]["digest"]
+    a = add("ia3-bot", ia3)
+    assert a["adaptation"] == "ia3"
+    assert a["components"]["adapter"]["meta"]["peft_type"] == "IA3"
+    assert a["components"]["adapter"]["meta"]["feedforward_modules"] == ["down_proj"]
+    p = add("prompt-bot", prompt)
+    assert p["adaptation"] == "prompt_tuning"
+    assert p["components"]["adapter"]["meta"]["num_virtual_tokens"] == 4
+    assert "adapts    prompt_tuning" in cli("show", "prompt-bot").out
 
 
 def test_diff_reports_changed_files_and_meta(cli, tiny, tmp_path) -> None:  # noqa: ANN001

@@ -27,6 +27,7 @@ from registry.paths import check_relpath
 
 HF_RE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+QUANT_KEYS = ("quant_method", "bits", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type")
 CONFIG_KEYS = (
     "model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "intermediate_size", "vocab_size", "max_position_embeddings",
@@ -39,7 +40,11 @@ def config_meta(cfg: Any, where: str) -> dict[str, Any]:
         raise InvalidInputError(f"{where} must be a JSON object")
     if "model_type" not in cfg:
         raise InvalidInputError(f"{where} has no model_type", "Is this a transformers model?")
-    return {k: cfg[k] for k in CONFIG_KEYS if k in cfg}
+    meta = {k: cfg[k] for k in CONFIG_KEYS if k in cfg}
+    qc = cfg.get("quantization_config")
+    if isinstance(qc, dict):  # a pre-quantized base (e.g. a bitsandbytes 4-bit checkpoint)
+        meta["quantization"] = {k: qc[k] for k in QUANT_KEYS if k in qc}
+    return meta
 
 
 def _check_index(root: Path, files: dict[str, Any]) -> None:

@@ -47,4 +47,29 @@ def stage(path: Path) -> Staged:
     staged.add(path.name, path)
     # Round-trip through JSON so the manifest holds only JSON types (dates become strings).
     staged.meta = {"format": fmt, "hyperparameters": json.loads(json.dumps(data, default=str))}
+    quant = quantization(data)
+    if quant is not None:  # only then: configs without it keep the digests they had
+        staged.meta["quantization"] = quant
     return staged
+
+
+def quantization(hyper: dict[str, Any]) -> str | None:
+    """The base-weight quantization a training config asks for ("4bit" / "8bit"), or None.
+
+    This is what tells a QLoRA recipe from a LoRA one: the adapter_config.json of both is
+    the same. Read from the spellings trainers use: `quantization: 4bit|nf4|8bit`,
+    `load_in_4bit` / `load_in_8bit`, `bnb_4bit_quant_type`, a `quantization_config` table.
+    """
+    q = hyper.get("quantization")
+    if isinstance(q, str):
+        q = q.lower()
+        if q in ("4bit", "nf4", "fp4", "int4", "qlora"):
+            return "4bit"
+        if q in ("8bit", "int8"):
+            return "8bit"
+    if hyper.get("load_in_4bit") is True or "bnb_4bit_quant_type" in hyper:
+        return "4bit"
+    if hyper.get("load_in_8bit") is True:
+        return "8bit"
+    nested = hyper.get("quantization_config")
+    return quantization(nested) if isinstance(nested, dict) else None
