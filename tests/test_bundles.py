@@ -233,3 +233,37 @@ def test_external_base_pinned_from_local_hf_cache(cli, tiny, tmp_path, monkeypat
     args[args.index("--base") + 1] = "hf://org/other@main"
     missing = cli(*args)
     assert missing.code == 2 and "not in the local Hugging Face cache" in missing.err
+    # A partial snapshot (files are cached one by one) is refused, not pinned as the base.
+    (snap / "model.safetensors").unlink()
+    args[args.index("--base") + 1] = f"hf://org/tiny@{commit}"
+    before = cli("ls", "--json").out
+    partial = cli(*args)
+    assert partial.code == 2 and "holds no weights (a partial download)" in partial.err
+    assert cli("ls", "--json").out == before
+
+
+def test_unreachable_hub_falls_back_to_the_cache_and_says_so(cli, tiny, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    import huggingface_hub.constants as hf_constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    snap = tmp_path / "hub" / "models--org--tiny" / "snapshots" / commit
+    snap.mkdir(parents=True)
+    for f in sorted(tiny["base"].iterdir()):
+        shutil.copy(f, snap / f.name)
+    dead = "http://127.0.0.1:9"  # nothing listens on the discard port
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_ENDPOINT", dead)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", dead)
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    args = add_args(tiny)
+    args[args.index("--base") + 1] = f"hf://org/tiny@{commit}"
+    res = cli(*args)
+    assert res.code == 0, res.err
+    assert "could not be reached" in res.err and "pinned from the local cache" in res.err
+    base = json.loads(cli("show", "support-bot:v1", "--json").out)["components"]["base_model"]
+    assert base["source"] == f"hf://org/tiny@{commit}"
+    args[args.index("--base") + 1] = "hf://org/other@main"
+    res = cli(*args)
+    assert res.code != 0 and res.err.count("\n") == 1, res.err
+    assert "could not be reached" in res.err and "not in the local cache" in res.err

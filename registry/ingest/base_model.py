@@ -1,9 +1,9 @@
 """Base model components: a local model directory, or an external pinned Hub model.
 
-`hf://org/name@<40-hex commit>` pins a base without copying it: the file list and sha256
-come from the local Hugging Face cache when the snapshot is there (or HF_HUB_OFFLINE is
-set), else from the Hub API. A revision that is not a full commit hash is resolved to one
-and recorded.
+`hf://org/name@<revision>` pins a base without copying it: the file list and sha256 come
+from the Hub API, or from the local Hugging Face cache when offline (HF_HUB_OFFLINE, or
+the Hub unreachable). A revision that is not a full commit hash is resolved to one and
+recorded.
 """
 
 from __future__ import annotations
@@ -86,36 +86,74 @@ def _offline() -> bool:
 def stage_external(uri: str, *, allow_pickle: bool = False, hash_file: Any = None) -> Staged:
     """Pin `hf://org/name@rev`: list its files with sha256, store none of them.
 
-    `hash_file(path) -> (digest, size)` hashes a cached file (the caller's stat cache).
+    Online, the Hub is asked (it alone knows the whole file list and what a branch points
+    at now); offline (HF_HUB_OFFLINE) or when the Hub cannot be reached, the local cache's
+    snapshot is used, and refused when it is visibly partial (no config.json or weights,
+    or a shard of its index missing). `hash_file(path) -> (digest, size)` hashes a cached
+    file (the caller's stat cache).
     """
     m = HF_RE.match(uri)
     if not m:
         raise InvalidInputError(f"{uri!r} is not hf://org/name@<revision>")
     repo, rev = m["repo"], m["rev"] or "main"
     repo_cache = hub_cache_dir() / f"models--{repo.replace('/', '--')}"
-    commit = rev if COMMIT_RE.match(rev) else _cached_ref(repo_cache, rev)
-    if commit and (repo_cache / "snapshots" / commit).is_dir():
-        files = _from_cache(repo_cache, commit, allow_pickle=allow_pickle, hash_file=hash_file)
-        snapshot = repo_cache / "snapshots" / commit
-        cfg = snapshot / "config.json"
-        meta = (
-            config_meta(read_json(cfg, "base_model"), f"{repo} config.json") if cfg.exists() else {}
-        )
-    elif _offline():
-        raise InvalidInputError(
-            f"{repo}@{rev} is not in the local Hugging Face cache ({hub_cache_dir()})",
-            "Download it first (huggingface-cli download) or unset HF_HUB_OFFLINE.",
-        )
+    notes: list[str] = []
+    hub, unreachable = None, None
+    if not _offline():
+        try:
+            hub = _from_hub(repo, rev, repo_cache, hash_file)
+        except _Unreachable as exc:
+            unreachable = str(exc)
+    if hub is not None:
+        commit, files, meta = hub
     else:
-        commit, files, meta = _from_hub(repo, rev)
+        commit = rev if COMMIT_RE.match(rev) else _cached_ref(repo_cache, rev)
+        snapshot = repo_cache / "snapshots" / (commit or "-")
+        if not commit or not snapshot.is_dir():
+            if unreachable:
+                raise RemoteError(
+                    f"the Hugging Face Hub could not be reached ({unreachable}) and {repo}@{rev}"
+                    " is not in the local cache",
+                    "Check HF_ENDPOINT and the network, or download the model first.",
+                )
+            raise InvalidInputError(
+                f"{repo}@{rev} is not in the local Hugging Face cache ({hub_cache_dir()})",
+                "Download it first (hf download REPO --revision REV) or go online"
+                " (unset HF_HUB_OFFLINE).",
+            )
+        if unreachable:
+            notes.append(
+                f"note: the Hugging Face Hub could not be reached ({unreachable});"
+                f" {repo}@{commit} was pinned from the local cache"
+            )
+        files = _from_cache(repo_cache, commit, allow_pickle=allow_pickle, hash_file=hash_file)
+        _check_complete(snapshot, files, f"{repo}@{commit}", allow_pickle=allow_pickle)
+        meta = config_meta(read_json(snapshot / "config.json", "base_model"), f"{repo} config.json")
     for f in files:
         check_suffix(f.path, allow_pickle=allow_pickle)
     meta.update(repo_id=repo, revision=commit)
     if rev != commit:
         meta["requested_revision"] = rev
-    staged = Staged("base_model", meta=meta, source=f"hf://{repo}@{commit}")
+    staged = Staged("base_model", meta=meta, source=f"hf://{repo}@{commit}", notes=notes)
     staged.external_files = sorted(files, key=lambda f: f.path)
     return staged
+
+
+def _check_complete(
+    snapshot: Path, files: list[FileEntry], where: str, *, allow_pickle: bool
+) -> None:
+    """Refuse a cache snapshot that is visibly partial (files are cached one by one)."""
+    names = {f.path for f in files}
+    weights = [n for n in names if n.endswith(".safetensors")]
+    if allow_pickle:
+        weights += [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
+    if "config.json" not in names or not weights:
+        raise InvalidInputError(
+            f"the cached snapshot of {where} holds no {'config.json' if weights else 'weights'}"
+            " (a partial download)",
+            "Download the whole repo (hf download REPO --revision COMMIT) or go online.",
+        )
+    _check_index(snapshot, dict.fromkeys(names))
 
 
 def _cached_ref(repo_cache: Path, rev: str) -> str | None:
@@ -149,30 +187,47 @@ def _from_cache(
     return out
 
 
-def _from_hub(repo: str, rev: str) -> tuple[str, list[FileEntry], dict[str, Any]]:
-    """Ask the Hub for the commit and every file's sha256 (LFS files carry theirs)."""
-    import hashlib
+class _Unreachable(Exception):
+    """The Hub could not be reached at all (as opposed to answering with an error)."""
 
+
+def _network_error(exc: BaseException) -> bool:
+    # huggingface_hub raises its HTTP library's transport errors as they are; their
+    # classes differ between releases, their names do not.
+    names = {c.__name__ for c in type(exc).__mro__}
+    return bool(names & {"TransportError", "ConnectionError", "TimeoutException", "Timeout"})
+
+
+def _from_hub(
+    repo: str, rev: str, repo_cache: Path, hash_file: Any
+) -> tuple[str, list[FileEntry], dict[str, Any]]:
+    """Ask the Hub for the commit and every file's sha256 (LFS files carry theirs; small
+    files in git are hashed from the cache, downloaded into it first if needed)."""
     from huggingface_hub import HfApi, hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-    api = HfApi()
     try:
-        info = api.model_info(repo, revision=rev, files_metadata=True)
+        info = HfApi().model_info(repo, revision=rev, files_metadata=True)
         files = []
         for s in info.siblings or []:
+            rel = check_relpath(s.rfilename)
             if s.lfs is not None and getattr(s.lfs, "sha256", None):
-                files.append(
-                    FileEntry(check_relpath(s.rfilename), f"sha256:{s.lfs.sha256}", s.size)
-                )
-            else:
-                # Small files are in git, not LFS: fetch and hash them ourselves.
-                local = hf_hub_download(repo, s.rfilename, revision=info.sha)
-                data = Path(local).read_bytes()
-                digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
-                files.append(FileEntry(check_relpath(s.rfilename), digest, len(data)))
+                files.append(FileEntry(rel, f"sha256:{s.lfs.sha256}", s.size))
+                continue
+            cached = repo_cache / "snapshots" / str(info.sha) / rel
+            local = cached if cached.is_file() else Path(
+                hf_hub_download(repo, s.rfilename, revision=info.sha)
+            )
+            digest, size = hash_file(local.resolve())
+            files.append(FileEntry(rel, digest, size))
     except HfHubHTTPError as exc:
-        raise RemoteError(f"Hugging Face Hub: {exc}") from exc
+        raise RemoteError(f"Hugging Face Hub: {str(exc).splitlines()[0]}") from exc
+    except OfflineModeIsEnabled as exc:
+        raise _Unreachable(str(exc)) from exc
+    except Exception as exc:
+        if _network_error(exc):
+            raise _Unreachable(f"{type(exc).__name__}: {exc}") from exc
+        raise
     meta: dict[str, Any] = {}
     cfg = getattr(info, "config", None)
     if isinstance(cfg, dict) and "model_type" in cfg:

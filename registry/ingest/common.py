@@ -31,6 +31,7 @@ class Staged:
     meta: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # external base model: hf://org/name@<commit>
     external_files: list[FileEntry] | None = None  # their digests, nothing stored
+    notes: list[str] = field(default_factory=list)  # said to the user, not recorded
 
     def add(self, relpath: str, content: Path | bytes) -> None:
         self.files[check_relpath(relpath)] = content

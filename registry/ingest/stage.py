@@ -101,6 +101,7 @@ def stage_bundle(
         comps["base_model"] = base_model.stage_external(
             base, allow_pickle=allow_pickle, hash_file=lambda p: hash_file(reg, p)
         )
+        notes += comps["base_model"].notes
     else:
         comps["base_model"] = base_model.stage(Path(base), allow_pickle=allow_pickle)
     if adapter is not None:

@@ -356,3 +356,52 @@ def test_an_interrupted_hub_push_resumes_without_resending(
     out = push_json(a, "support-bot:v1", "--remote", "hub", "--include-base")
     assert out["refs"] == ["v1"] and len(repo.commits) == 2 and repo.tags["v1"]
     assert hub.state.lfs_uploaded == uploaded
+
+
+def test_add_pins_a_hub_base_by_asking_the_hub(make_registry, tiny, hub) -> None:  # noqa: ANN001
+    """Online, `--base hf://org/name@main` asks the Hub: the branch resolves to its commit
+    now, every file (LFS and small ones) is listed with its sha256, and nothing of the base
+    is stored. A partial download in the cache does not shrink the pinned file list."""
+    import hashlib
+
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi()
+    api.create_repo("base-org/tiny-llama")
+    first = api.upload_folder(repo_id="base-org/tiny-llama", folder_path=tiny["base"]).oid
+    # A partial snapshot in the cache, as `AutoConfig.from_pretrained` leaves behind.
+    hf_hub_download("base-org/tiny-llama", "config.json", revision=first)
+    expected = {p.name: "sha256:" + hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in tiny["base"].iterdir()}  # fmt: skip
+
+    reg = make_registry("a")
+    args = add_args(tiny, "hub-bot")
+    args[args.index("--base") + 1] = "hf://base-org/tiny-llama@main"
+    cli_ok(reg, *args)
+    base = json.loads(cli_ok(reg, "show", "hub-bot:v1", "--json"))["components"]["base_model"]
+    assert base["source"] == f"hf://base-org/tiny-llama@{first}"
+    assert base["meta"]["revision"] == first and base["meta"]["requested_revision"] == "main"
+    listed = {f["path"]: f["digest"] for f in base["files"]}
+    assert {k: v for k, v in listed.items() if k != ".gitattributes"} == expected  # as the Hub has
+    weights = next(f["digest"] for f in base["files"] if f["path"] == "model.safetensors")
+    assert not (reg / "blobs" / "sha256" / weights[7:9] / weights[7:]).exists()
+
+    # main moves on: a new add pins the new commit, the first bundle keeps the old one.
+    second = api.upload_file(path_or_fileobj=b'{"do_sample": false}\n',
+                             path_in_repo="generation_config.json",
+                             repo_id="base-org/tiny-llama").oid  # fmt: skip
+    cli_ok(reg, *args)
+    moved = json.loads(cli_ok(reg, "show", "hub-bot:v2", "--json"))["components"]["base_model"]
+    assert moved["meta"]["revision"] == second != first
+    assert "generation_config.json" in {f["path"] for f in moved["files"]}
+    pinned = json.loads(cli_ok(reg, "show", "hub-bot:v1", "--json"))["components"]["base_model"]
+    assert pinned["meta"]["revision"] == first
+
+    # A full commit needs no resolving; an unknown repo is one line, and nothing is added.
+    args[args.index("--base") + 1] = f"hf://base-org/tiny-llama@{first}"
+    cli_ok(reg, *args)
+    args[args.index("--base") + 1] = "hf://base-org/nope@main"
+    before = cli_ok(reg, "ls", "--json")
+    res = run_cli(*args, registry=reg)
+    assert res.code != 0 and res.err.startswith("error: ") and res.err.count("\n") == 1, res.err
+    assert cli_ok(reg, "ls", "--json") == before
