@@ -14,9 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 
 from registry.errors import RegistryError, UsageError
 from registry.output import echo, emit_json, err, human_size, table
+
+# Help is plain text (rich_markup_mode=None), but Typer 0.20 still escapes "[required]"
+# for Rich whenever rich is installed, printing a stray backslash (fastapi/typer#1058).
+typer.core.HAS_RICH = False
 
 app = typer.Typer(
     name="registry",

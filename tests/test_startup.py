@@ -52,3 +52,9 @@ def test_light_commands_import_nothing_heavy(cli, reg_path, tiny) -> None:  # no
         assert loaded_after(args, reg_path.parent) == [], args
     moves = json.loads(run_cli("history", "support-bot:staging", "--json", registry=reg_path).out)
     assert moves[0]["action"] == "rollback"  # the probe really ran the command
+
+
+def test_help_shows_required_marks_without_markup_escapes() -> None:
+    res = run_cli("rollback", "--help")
+    assert res.code == 0
+    assert "[required]" in res.out and "\\[" not in res.out
