@@ -32,7 +32,10 @@ def load(name: str) -> type:
     ep = entry_points().get(name)
     if ep is None:
         known = ", ".join(names())
-        raise PolicyError(f"unknown gate {name!r} (known gates: {known})")
+        raise PolicyError(
+            f"unknown gate {name!r} (known gates: {known})",
+            "A team's own gates are found through the `registry.gates` entry-point group.",
+        )
     try:
         cls = ep.load()
     except Exception as exc:

@@ -22,8 +22,12 @@ def register(app: typer.Typer) -> None:
 def check(path: Annotated[Path, typer.Argument(help="Policy TOML file.")]) -> None:
     """Validate a policy file and print its digest."""
     from gates.policy import load_file
+    from registry.errors import PolicyError
 
-    pol = load_file(path)
+    try:
+        pol = load_file(path)
+    except PolicyError as exc:  # the usual hint is to run this very command
+        raise PolicyError(str(exc), "") from None
     echo(f"policy ok: {pol.digest}")
     for name, ch in pol.channels.items():
         after = f" after {ch.after}" if ch.after else ""
