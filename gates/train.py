@@ -101,7 +101,7 @@ class TrainGate(Gate):
 
                 res = add(
                     ctx.registry, ctx.bundle["name"], comps, parent=ctx.bundle_digest,
-                    actor=_actor(),
+                    annotations=run.annotations(), actor=_actor(),
                 )  # fmt: skip
                 run.evidence["new_bundle"] = {
                     "tag": res.tag,
@@ -160,7 +160,10 @@ def train_bundle(
             comps = reuse_components(reg, info, skip=("adapter", *staged))
             comps.update(staged)
             comps["adapter"] = _stage_adapter(run.adapter_dir)
-            res = add(reg, name, comps, parent=info["digest"], actor=actor)
+            res = add(
+                reg, name, comps, parent=info["digest"], annotations=run.annotations(),
+                actor=actor,
+            )  # fmt: skip
             inputs = {
                 "dataset": _component_digest(comps["dataset"])
                 if "dataset" in staged
@@ -193,6 +196,10 @@ class _Run:
         self.thresholds: dict[str, Any] = {}
         self.evidence: dict[str, Any] = {}
         self.failures: list[str] = []
+
+    def annotations(self) -> dict[str, str]:
+        """A 4-bit run's adapter is QLoRA, which its adapter_config.json cannot say."""
+        return {"adaptation": "qlora"} if self.evidence.get("quantization") else {}
 
     def summary(self) -> str:
         m = self.metrics

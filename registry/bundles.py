@@ -252,10 +252,13 @@ def adaptation(components: dict[str, Any], annotations: dict[str, str]) -> str:
     """How the bundle adapts its base: `full`, `qlora`, or the adapter's PEFT type
     lower-cased (`lora`, `ia3`, `prompt_tuning`, ...). QLoRA is a LoRA adapter whose
     training config or base asks for quantized base weights (its adapter_config.json is
-    a plain LoRA one)."""
+    a plain LoRA one). An `adaptation` annotation (`add --full`, `registry train` on a
+    4-bit base, or `-a adaptation=...`) says it outright."""
     adapter = components.get("adapter")
+    if annotations.get("adaptation"):
+        return annotations["adaptation"]
     if adapter is None:
-        return annotations.get("adaptation", "full")
+        return "full"
     peft_type = str(adapter["meta"].get("peft_type", "unknown")).lower()
     quantized = any(
         (components.get(kind) or {"meta": {}})["meta"].get("quantization")
