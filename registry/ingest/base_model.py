@@ -206,20 +206,26 @@ def _from_hub(
     from huggingface_hub import HfApi, hf_hub_download
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
+    meta: dict[str, Any] = {}
     try:
         info = HfApi().model_info(repo, revision=rev, files_metadata=True)
+        commit = str(info.sha)
+        if not COMMIT_RE.match(commit):
+            raise RemoteError(f"Hugging Face Hub: {repo}@{rev} resolved to {commit!r}")
         files = []
         for s in info.siblings or []:
             rel = check_relpath(s.rfilename)
             if s.lfs is not None and getattr(s.lfs, "sha256", None):
                 files.append(FileEntry(rel, f"sha256:{s.lfs.sha256}", s.size))
                 continue
-            cached = repo_cache / "snapshots" / str(info.sha) / rel
+            cached = repo_cache / "snapshots" / commit / rel
             local = cached if cached.is_file() else Path(
-                hf_hub_download(repo, s.rfilename, revision=info.sha)
+                hf_hub_download(repo, s.rfilename, revision=commit)
             )
             digest, size = hash_file(local.resolve())
             files.append(FileEntry(rel, digest, size))
+            if rel == "config.json":  # the same meta as a pin from the cache gets
+                meta = config_meta(read_json(local, "base_model"), f"{repo} config.json")
     except HfHubHTTPError as exc:
         raise RemoteError(f"Hugging Face Hub: {str(exc).splitlines()[0]}") from exc
     except OfflineModeIsEnabled as exc:
@@ -228,8 +234,6 @@ def _from_hub(
         if _network_error(exc):
             raise _Unreachable(f"{type(exc).__name__}: {exc}") from exc
         raise
-    meta: dict[str, Any] = {}
-    cfg = getattr(info, "config", None)
-    if isinstance(cfg, dict) and "model_type" in cfg:
-        meta["model_type"] = cfg["model_type"]
-    return str(info.sha), files, meta
+    if "config.json" not in {f.path for f in files}:
+        raise InvalidInputError(f"{repo}@{commit} has no config.json: not a transformers model")
+    return commit, files, meta

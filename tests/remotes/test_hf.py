@@ -383,6 +383,9 @@ def test_add_pins_a_hub_base_by_asking_the_hub(make_registry, tiny, hub) -> None
     assert base["meta"]["revision"] == first and base["meta"]["requested_revision"] == "main"
     listed = {f["path"]: f["digest"] for f in base["files"]}
     assert {k: v for k, v in listed.items() if k != ".gitattributes"} == expected  # as the Hub has
+    config = json.loads((tiny["base"] / "config.json").read_text())
+    assert base["meta"]["model_type"] == config["model_type"]  # parsed as from a local dir
+    assert base["meta"]["num_hidden_layers"] == config["num_hidden_layers"]
     weights = next(f["digest"] for f in base["files"] if f["path"] == "model.safetensors")
     assert not (reg / "blobs" / "sha256" / weights[7:9] / weights[7:]).exists()
 
