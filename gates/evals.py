@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from gates.base import Gate, GateContext, GateResult
-from gates.rows import iter_jsonl
+from gates.rows import parse_jsonl
 from registry.errors import GateError, PolicyError, RegistryError
 
 if TYPE_CHECKING:
@@ -110,9 +110,7 @@ def load_items(ctx: GateContext, relpath: str) -> list[Item]:
             " next to the policy.",
         ) from exc
     items = []
-    for lineno, row, err in iter_jsonl(path):
-        if err is not None:
-            raise GateError(f"{relpath} line {lineno} {err.removeprefix('line ')}")
+    for lineno, row in parse_jsonl(path, relpath):
         items.append(_item(row, f"{relpath} line {lineno}"))
     if not items:
         raise GateError(f"eval set {relpath} has no rows")

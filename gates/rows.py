@@ -133,13 +133,19 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
                 yield lineno, None, f"line is not JSON ({exc})"
 
 
+def parse_jsonl(path: Path, label: str) -> Iterator[tuple[int, Any]]:
+    """(line, row) for each non-blank line; a GateError naming the first bad line."""
+    for lineno, row, err in iter_jsonl(path):
+        if err is not None:
+            raise GateError(f"{label} line {lineno} {err.removeprefix('line ')}")
+        yield lineno, row
+
+
 def read_jsonl(path: Path, label: str | None = None) -> list[dict[str, Any]]:
     """Every row of a JSONL file, or a GateError naming the first bad line."""
     label = label or path.name
     rows = []
-    for lineno, row, err in iter_jsonl(path):
-        if err is not None:
-            raise GateError(f"{label} line {lineno} {err.removeprefix('line ')}")
+    for lineno, row in parse_jsonl(path, label):
         if not isinstance(row, dict):
             raise GateError(f"{label} line {lineno} is not a JSON object")
         rows.append(row)
