@@ -82,28 +82,23 @@ def _env_int(name: str, default: int) -> int:
 def upload_config() -> Any:
     """Transfer tuning for uploads (override with REGISTRY_S3_UPLOAD_PART_MB and
     REGISTRY_S3_CONCURRENCY). Measured against loopback moto in bench/README.md."""
-    from boto3.s3.transfer import TransferConfig
-
-    part = _env_int("REGISTRY_S3_UPLOAD_PART_MB", 16) * MiB
-    return TransferConfig(
-        multipart_threshold=part,
-        multipart_chunksize=part,
-        max_concurrency=_env_int("REGISTRY_S3_CONCURRENCY", 10),
-        use_threads=True,
-        preferred_transfer_client="classic",
-    )
+    return _transfer_config("REGISTRY_S3_UPLOAD_PART_MB", 16, concurrency=10)
 
 
 def download_config() -> Any:
     """Transfer tuning for downloads: large parts (an S3 GET has a high fixed cost, moto's
     especially: it reads the whole object for each ranged GET) and 8 threads."""
+    return _transfer_config("REGISTRY_S3_DOWNLOAD_PART_MB", 64, concurrency=8)
+
+
+def _transfer_config(part_env: str, part_mb: int, *, concurrency: int) -> Any:
     from boto3.s3.transfer import TransferConfig
 
-    part = _env_int("REGISTRY_S3_DOWNLOAD_PART_MB", 64) * MiB
+    part = _env_int(part_env, part_mb) * MiB
     return TransferConfig(
         multipart_threshold=part,
         multipart_chunksize=part,
-        max_concurrency=_env_int("REGISTRY_S3_CONCURRENCY", 8),
+        max_concurrency=_env_int("REGISTRY_S3_CONCURRENCY", concurrency),
         use_threads=True,
         preferred_transfer_client="classic",
     )
