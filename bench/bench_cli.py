@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import BIN, fmt, median_of  # noqa: E402
-from bench.synth import add_synthetic_bundles, init  # noqa: E402
+from bench.synth import synthetic_registry  # noqa: E402
 
 
 def main() -> None:
@@ -28,9 +28,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=15)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-cli-"))
-    reg = init(work / "reg")
-    add_synthetic_bundles(reg, args.bundles)
-    reg.close()
+    synthetic_registry(work / "reg", args.bundles)
 
     def run(cmd: list[str]) -> None:
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=work / "reg")

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import fmt  # noqa: E402
-from bench.synth import add_synthetic_bundles, init  # noqa: E402
+from bench.synth import synthetic_registry  # noqa: E402
 
 PROBE = """
 import sys, time
@@ -110,12 +110,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-tui-"))
-    reg = init(work / "reg")
-    add_synthetic_bundles(reg, args.bundles)
-    reg.close()
-    small = init(work / "small")
-    add_synthetic_bundles(small, 100)
-    small.close()
+    synthetic_registry(work / "reg", args.bundles)
+    synthetic_registry(work / "small", 100)
     try:
         procs = []
         for _ in range(args.repeat):

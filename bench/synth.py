@@ -61,5 +61,11 @@ def add_synthetic_events(reg: Registry, n: int, digests: list[str]) -> None:
                      {"s": seq, "d": prev})
 
 
-def init(path: Path) -> Registry:
-    return Registry.init(path)
+def synthetic_registry(path: Path, bundles: int) -> Path:
+    """A new SQLite registry at `path` holding `bundles` synthetic bundles."""
+    reg = Registry.init(path)
+    try:
+        add_synthetic_bundles(reg, bundles)
+    finally:
+        reg.close()
+    return path
