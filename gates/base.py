@@ -100,6 +100,11 @@ class Gate:
     needs_model: ClassVar[bool] = False
     description: ClassVar[str] = ""
 
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Check the policy's values for this gate (defaults filled in) beyond their types;
+        raise PolicyError naming the key. Called when a policy is parsed."""
+
     def run(self, ctx: GateContext) -> GateResult:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -109,3 +114,23 @@ def require_component(ctx: GateContext, kind: str) -> Path:
     if path is None:
         raise GateError(f"the bundle has no {kind} component, which gate needs")
     return path
+
+
+def bundle_adaptation(bundle: dict[str, Any]) -> str:
+    """How the bundle adapts its base (`lora`, `qlora`, `ia3`, `prompt_tuning`, `full`,
+    ...), as `registry show` prints it (registry.bundles.adaptation)."""
+    if bundle.get("adaptation"):
+        return str(bundle["adaptation"])
+    from registry.bundles import adaptation
+
+    return adaptation(bundle["components"], bundle.get("annotations") or {})
+
+
+def not_applicable(ctx: GateContext, what: str, why: str) -> GateResult:
+    """The result of a gate that does not apply to how this bundle adapts its base: a
+    failure (never a pass; not an error a retry could fix) whose summary starts with
+    "not applicable:", says what the gate does and names the adaptation."""
+    kind = bundle_adaptation(ctx.bundle)
+    summary = f"not applicable: {what}; this bundle adapts its base by {kind}: {why}"
+    evidence = {"applicable": False, "adaptation": kind, "reason": summary}
+    return GateResult(FAILED, {"applicable": False}, {}, evidence, summary)

@@ -188,6 +188,9 @@ def parse(
                     if not isinstance(rel, str):
                         raise PolicyError(f"[gates.{gate}] {key} must name files")
                     files[check_relpath_policy(rel)] = ""
+        check = getattr(cls, "check_params", None)
+        if check is not None:
+            check({**cls.defaults, **section})
         gates[gate] = dict(section)
     if validate and root is not None:
         # A gate's default eval set (e.g. evals/target.jsonl) counts as named by the policy

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from registry.output import echo, emit_json
+from registry.output import echo, emit_json, err
 
 policy_app = typer.Typer(
     help="Release policy: required gates and thresholds.", no_args_is_help=True
@@ -34,6 +34,13 @@ def check(path: Annotated[Path, typer.Argument(help="Policy TOML file.")]) -> No
         echo(f"  {name}: requires {', '.join(ch.require) or 'nothing'}{after}")
     for rel, digest in sorted(pol.files.items()):
         echo(f"  file {rel} {digest[:19]}")
+    from gates.evals import plan
+
+    for gate, text, decidable in plan(pol):
+        if decidable:
+            echo(f"  {gate}: {text}")
+        else:
+            err(f"warning: {gate}: {text}")
 
 
 @policy_app.command("set")
