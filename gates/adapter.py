@@ -35,6 +35,8 @@ CACHE_PATH = re.compile(
 )
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 INDEX = "model.safetensors.index.json"
+ALL_LINEAR = "all-linear"  # peft: every linear layer but the output one
+OUTPUT_LAYERS = ("lm_head", "embed_out")
 
 
 @dataclass
@@ -136,8 +138,10 @@ class AdapterCompatGate(Gate):
     and lora_B is (out_features, r) for the base layer (rank_pattern and fan_in_fan_out
     honoured; embeddings and DoRA magnitudes too); the adapter's base_model_name_or_path
     names the bundle's base (hub id, cache snapshot or a local directory whose weights
-    equal it); r and lora_alpha are positive and target modules are listed. Records
-    scaling, the adapter's parameter count and its share of the base.
+    equal it); r and lora_alpha are positive and target modules are listed; the modules
+    the tensors adapt are the ones `target_modules` selects (list suffixes, a regex or
+    all-linear, as peft reads them), no more and no fewer. Records scaling, the adapter's
+    parameter count and its share of the base.
 
     Policy keys: `require_base_identity` (false: an identity that cannot be verified, e.g.
     a hub id not in the local cache, is reported but passes; true: it fails),
@@ -181,6 +185,11 @@ class AdapterCompatGate(Gate):
         modules, problems, unchecked = self._shapes(adapter.tensors, base, cfg, r)
         if not modules:
             failures.append("the adapter holds no LoRA tensors")
+        coverage = target_coverage(targets, cfg.get("exclude_modules"), modules, base)
+        if targets and modules and (coverage["not_listed"] or coverage["not_adapted"]):
+            failures.append(_coverage_failure(coverage))
+        elif coverage.get("error"):
+            failures.append(coverage["error"])
         missing = [x for x in problems if x["problem"] == "module not in base"]
         bad = [x for x in problems if x["problem"] != "module not in base"]
         if missing:
@@ -208,8 +217,6 @@ class AdapterCompatGate(Gate):
             if base.tensors
             else (ctx.meta("base_model").get("weights") or {}).get("parameters")
         )
-        listed = [targets] if isinstance(targets, str) else list(targets or [])
-        adapted = sorted({m["module"].rsplit(".", 1)[-1] for m in modules})
         metrics = {
             "r": r,
             "lora_alpha": alpha,
@@ -221,6 +228,7 @@ class AdapterCompatGate(Gate):
             "shapes_checked": base.checked,
             "problems": len(problems),
             "identity": ident["status"],
+            "targets_match": not (coverage["not_listed"] or coverage["not_adapted"]),
         }
         evidence = {
             "base": {
@@ -230,11 +238,9 @@ class AdapterCompatGate(Gate):
                 "tensors": len(base.tensors),
             },
             "identity": ident,
-            "target_modules": listed,
-            "adapted_module_names": adapted,
-            "targets_without_tensors": [
-                t for t in listed if isinstance(targets, list) and t not in adapted
-            ],
+            "target_modules": coverage["target_modules"],
+            "adapted_module_names": coverage["adapted"],
+            "target_coverage": coverage,
             "problems": problems[:cap],
             "unchecked": unchecked[:cap],
             "modules": modules[:cap],
@@ -425,6 +431,77 @@ class AdapterCompatGate(Gate):
                 return done("unverifiable", f"{hub} is not in the local Hugging Face cache")
             return done(*compare_weights(pinned, snap, limit))
         return done("unverifiable", f"{name!r} is neither a hub id nor a directory here")
+
+
+def _suffix(module: str) -> str:
+    return module.rsplit(".", 1)[-1]
+
+
+def _selects(spec: Any, module: str) -> bool:
+    """peft's rule: a list entry equal to the module name or to a dotted suffix of it; a
+    string as a regular expression matching the whole name."""
+    if isinstance(spec, str):
+        return re.fullmatch(spec, module) is not None
+    return any(module == t or module.endswith(f".{t}") for t in spec or ())
+
+
+def target_coverage(
+    targets: Any, exclude: Any, modules: list[dict[str, Any]], base: BaseWeights
+) -> dict[str, Any]:
+    """Module names (last component) the tensors adapt against those target_modules
+    selects: `not_listed` are adapted but not selected, `not_adapted` selected but without
+    tensors (for a regex: base layers it matches; not checked for all-linear or when the
+    base's shapes were not read)."""
+    adapted = sorted({m["module"] for m in modules})
+    out: dict[str, Any] = {
+        "target_modules": [targets] if isinstance(targets, str) else list(targets or []),
+        "adapted": sorted({_suffix(m) for m in adapted}),
+        "not_listed": [],
+        "not_adapted": [],
+    }
+    if not targets:
+        return out
+    if isinstance(targets, str) and targets.lower() == ALL_LINEAR:
+        out["not_listed"] = sorted({_suffix(m) for m in adapted if _suffix(m) in OUTPUT_LAYERS})
+        out["note"] = "all-linear: only checked that no tensor adapts the output layer"
+        return out
+    try:
+        out["not_listed"] = sorted({_suffix(m) for m in adapted if not _selects(targets, m)})
+        excluded = [m for m in adapted if exclude and _selects(exclude, m)]
+    except re.error as exc:
+        out["error"] = f"target_modules {targets!r} is not a valid regular expression: {exc}"
+        return out
+    if isinstance(targets, list):
+        out["not_adapted"] = sorted(
+            t for t in targets if not any(_selects([t], m) for m in adapted)
+        )
+    elif base.checked:
+        layers = {
+            name.removesuffix(".weight")
+            for name, info in base.tensors.items()
+            if name.endswith(".weight") and len(info.shape) == 2
+        }
+        wanted = {
+            _suffix(m)
+            for m in layers
+            if re.fullmatch(targets, m) and not (exclude and _selects(exclude, m))
+        }
+        out["not_adapted"] = sorted(wanted - set(out["adapted"]))
+    else:
+        out["note"] = "the base's layers were not read: modules the regex selects not checked"
+    if excluded:
+        out["adapted_but_excluded"] = sorted({_suffix(m) for m in excluded})
+    return out
+
+
+def _coverage_failure(c: dict[str, Any]) -> str:
+    parts = [f"tensors adapt {c['not_listed']}, not listed"] if c["not_listed"] else []
+    if c["not_adapted"]:
+        parts.append(f"no tensor adapts {c['not_adapted']}")
+    return (
+        f"target_modules {c['target_modules']} does not match the modules the tensors adapt"
+        f" {c['adapted']} ({'; '.join(parts)})"
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -1,13 +1,15 @@
 """The dataset-audit gate: format, duplicates, contamination, license and truncation.
 
-- format: every row valid for the trainer's format (`gates.rows`);
+- format: every row valid for the trainer's format (`gates.rows`); under `auto` each row
+  in the format it is in (chat, prompt/completion or text), as the trainer reads it;
 - exact duplicates: rows whose text is equal after normalising whitespace and case;
 - near duplicates: MinHash + LSH candidates, each verified with its exact Jaccard
   similarity (`gates.minhash`), so no false positive is ever reported;
 - contamination: an eval item is in a row when the row holds its exact text, its exact
   prompt, or at least `contamination_threshold` of its n-grams (containment, found with an
   exact inverted index, not a sketch);
-- license and truncation (rendered in the template sandbox, tokenized).
+- license and truncation (rendered in the template sandbox, tokenized); with packing the
+  train split's long rows are split across sequences by the trainer, counted apart.
 """
 
 from __future__ import annotations
@@ -22,23 +24,48 @@ from gates.base import Gate, GateContext, GateResult, require_component
 from gates.minhash import containment_pairs, near_duplicate_pairs, normalize, shingle
 from gates.rows import TEXT_CHARS, Rows, check_row, iter_jsonl
 from registry.errors import GateError
-from registry.ingest.dataset import row_format
 
 ROLES = ["system", "user", "assistant", "tool"]
 FORMATS = ("auto", "chat", "prompt_completion", "text")
+TRAINER_FORMATS = ("chat", "prompt_completion", "text")  # what gates.train._encode reads
+PACKED_SPLITS = ("train",)  # the trainer packs its train split; validation is truncated
 LICENSES = ["apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc0-1.0"]
 MAX_LEN_KEYS = ("max_seq_len", "max_seq_length", "max_length", "cutoff_len", "sequence_len")
 LENGTH_SAMPLE = 10_000  # rows always tokenized for the token-length percentiles
 
 
+def row_kind(row: dict[str, Any]) -> str:
+    """The format a row is in, in the trainer's order (messages, prompt/completion, text).
+
+    A row with only one of prompt and completion counts as prompt_completion, so it is
+    reported as broken rather than trained on as its `text` alone."""
+    if "messages" in row:
+        return "chat"
+    if "prompt" in row or "completion" in row:
+        return "prompt_completion"
+    return "text" if "text" in row else "other"
+
+
 def resolve_format(fmt: str, formats: dict[str, int]) -> str:
-    """The format rows must have: the policy's, or the more common of chat / prompt_completion."""
+    """The format rows must have: the policy's; under auto, the one format the rows are in,
+    or "mixed" when they are in several (each row is then checked in its own format, as
+    the trainer encodes each row by itself)."""
     if fmt not in FORMATS:
         raise GateError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if fmt != "auto":
         return fmt
-    chat, pc = formats.get("chat", 0), formats.get("prompt_completion", 0)
-    return "prompt_completion" if pc > chat else "chat"
+    seen = [k for k in TRAINER_FORMATS if formats.get(k)]
+    return seen[0] if len(seen) == 1 else "mixed" if seen else "chat"
+
+
+def row_error(row: Any, fmt: str, roles: list[str]) -> str | None:
+    """Why a row is not valid in `fmt` (under "mixed": in its own format), or None."""
+    if fmt != "mixed" or not isinstance(row, dict):
+        return check_row(row, fmt, roles)
+    kind = row_kind(row)
+    if kind == "other":
+        return "row has no messages, prompt/completion or text"
+    return check_row(row, kind, roles)
 
 
 # --- the audit ----------------------------------------------------------------------------------
@@ -57,6 +84,7 @@ class AuditInput:
     special_tokens: dict[str, str] = field(default_factory=dict)
     max_seq_len: int | None = None
     max_seq_len_source: str | None = None
+    packing: bool = False  # the trainer packs the train split: long rows are split, not cut
 
 
 class Audit:
@@ -92,7 +120,7 @@ class Audit:
             for lineno, row, err in iter_jsonl(path):
                 raw.append((name, lineno, row, err))
                 if isinstance(row, dict):
-                    kind = row_format(row)
+                    kind = row_kind(row)
                     formats[kind] = formats.get(kind, 0) + 1
         fmt = resolve_format(str(self.p["format"]), formats)
         roles = list(self.p["allowed_roles"])
@@ -102,7 +130,7 @@ class Audit:
         for name, lineno, row, err in raw:
             stats = by_split.setdefault(name, {"rows": 0, "format_errors": 0})
             stats["rows"] += 1
-            err = err or check_row(row, fmt, roles)
+            err = err or row_error(row, fmt, roles)
             if err:
                 stats["format_errors"] += 1
                 errors.append({"split": name, "line": lineno, "error": err})
@@ -111,6 +139,7 @@ class Audit:
         total_errors = len(errors)
         self.metrics.update(rows=len(raw), format=fmt, format_errors=total_errors)
         self.evidence["format"] = {
+            "policy": self.p["format"],
             "expected": fmt,
             "formats_seen": formats,
             "by_split": by_split,
@@ -118,8 +147,9 @@ class Audit:
         }
         if total_errors > int(self.p["max_format_errors"]):
             first = errors[0]
+            what = "chat, prompt_completion or text" if fmt == "mixed" else fmt
             self.failures.append(
-                f"{total_errors} row(s) are not valid {fmt} rows (first: {first['split']}"
+                f"{total_errors} row(s) are not valid {what} rows (first: {first['split']}"
                 f" line {first['line']}: {first['error']})"
             )
         return rows
@@ -324,18 +354,22 @@ class Audit:
         texts, prompts, errors = self._render(rows, sandbox, RenderError)
         measure, sampled = self._to_tokenize(tok, texts, limit)
         lengths = self._lengths(tok, [texts[i] or "" for i in measure])
+        packed = set(PACKED_SPLITS) if self.inp.packing else set()
         by_split: dict[str, dict[str, Any]] = {}
         for name, _ in rows.where:
-            s = by_split.setdefault(name, {"rows": 0, "truncated": 0, "lengths": []})
+            s = by_split.setdefault(
+                name, {"rows": 0, "truncated": 0, "split_by_packing": 0, "lengths": []}
+            )
             s["rows"] += 1
-        offenders = []
+        offenders, split_rows = [], []
         for i, n in zip(measure.tolist(), lengths.tolist(), strict=True):
             s = by_split[rows.where[i][0]]
             if sampled[i]:
                 s["lengths"].append(n)
             if n > limit and texts[i] is not None:
-                s["truncated"] += 1
-                offenders.append((n, i))
+                is_packed = rows.where[i][0] in packed  # split across sequences, not cut
+                s["split_by_packing" if is_packed else "truncated"] += 1
+                (split_rows if is_packed else offenders).append((n, i))
         cut = lost = 0
         worst = []
         offenders.sort(reverse=True)
@@ -354,11 +388,24 @@ class Audit:
                 p50_tokens=int(np.percentile(arr, 50)),
                 p95_tokens=int(np.percentile(arr, 95)),
                 max_tokens=max(
-                    [int(arr.max()), *(n for n, i in offenders if rows.where[i][0] == split)]
+                    [
+                        int(arr.max()),
+                        *(n for n, i in offenders + split_rows if rows.where[i][0] == split),
+                    ]
                 ),
                 length_sample=int(arr.size),
             )
             rates[split] = s["rate"]
+        split_rows.sort(reverse=True)
+        info["packing"] = {
+            "enabled": self.inp.packing,
+            "packed_splits": sorted(packed),
+            "rows_split": len(split_rows),
+            "longest": [{**rows.ref(i), "tokens": n} for n, i in split_rows[: self.cap]],
+            "note": "with packing the trainer concatenates train rows and cuts them into"
+            " max_seq_len blocks: a longer row is split across sequences, not truncated;"
+            " other splits are still truncated",
+        }
         info.update(
             checked=True,
             by_split=by_split,
@@ -371,6 +418,7 @@ class Audit:
         self.metrics.update(
             truncation_checked=True,
             truncated=len(offenders),
+            split_by_packing=len(split_rows),
             answer_cut=cut,
             answer_lost=lost,
             truncated_rate=max(rates.values(), default=0.0),
@@ -492,8 +540,9 @@ class DatasetAuditGate(Gate):
     """Audit the bundle's dataset before a single training step.
 
     Policy keys (defaults):
-    - `format` ("auto"): chat, prompt_completion, text, or auto (the more common of chat
-      and prompt_completion); rows not in it fail, reported by split and line;
+    - `format` ("auto"): chat, prompt_completion, text, or auto (each row in the format
+      it is in, as the trainer reads it; a dataset may mix them); rows not in it fail,
+      reported by split and line;
     - `allowed_roles` (system, user, assistant, tool);
     - `max_format_errors` (0);
     - `licenses` (apache-2.0, mit, bsd-3-clause, cc-by-4.0, cc0-1.0): the dataset card's
@@ -509,7 +558,9 @@ class DatasetAuditGate(Gate):
     - `contamination_splits` ([] = every split);
     - `max_contaminated` (0): rows holding an eval item (exactly, by prompt, or fuzzily);
     - `max_seq_len` (0 = the training config's max_seq_len / max_seq_length / max_length);
-    - `max_truncated_rate` (0.0): per split, rows whose rendered tokens exceed max_seq_len;
+    - `max_truncated_rate` (0.0): per split, rows whose rendered tokens exceed max_seq_len
+      (with the config's `packing`, train rows over it are split, not truncated: counted
+      as `split_by_packing` instead);
     - `max_examples` (20): offenders listed per finding in the evidence.
     """
 
@@ -554,6 +605,7 @@ class DatasetAuditGate(Gate):
             special_tokens=special_tokens(ctx),
             max_seq_len=max_len,
             max_seq_len_source=source,
+            packing=(ctx.meta("config").get("hyperparameters") or {}).get("packing") is True,
         )
         failures, metrics, evidence = Audit(inp, ctx.progress).run()
         evidence["parameters"] = {**p, "max_seq_len": max_len}
@@ -576,6 +628,11 @@ class DatasetAuditGate(Gate):
             f"{metrics['contaminated']} contaminated, license {metrics['license']}, "
             + (
                 f"{metrics['truncated']} truncated"
+                + (
+                    f", {metrics['split_by_packing']} split by packing"
+                    if metrics["split_by_packing"]
+                    else ""
+                )
                 if metrics["truncation_checked"]
                 else f"truncation NOT checked ({evidence['truncation']['reason']})"
             )

@@ -192,11 +192,15 @@ def _diff_tokens(tok: Any, a: list[int], b: list[int]) -> dict[str, Any]:
 class ChatTemplateGate(Gate):
     """Render sample conversations through the bundle's chat template in a sandbox.
 
-    Checks: the template renders (sandboxed, time/size limits); it is the same template the
-    tokenizer carries and renders to the same tokens (drift); the token it ends assistant
-    turns with is in the vocabulary and is a stop token of the tokenizer or generation
-    config; `add_generation_prompt=True` ends exactly where the assistant answer starts, as
-    a text and token prefix of the training text; every assistant answer is intact.
+    Checks: the template renders (sandboxed, time/size limits); it renders every sample,
+    with and without the generation prompt, to the same text (so the same tokens) as the
+    tokenizer's own template (drift; sources that differ only in bytes that do not render,
+    say a trailing newline, are not drift); the token it ends assistant turns with is in the
+    vocabulary and is a stop token of the tokenizer or generation config; the generation
+    prompt is a text and token prefix of the training text and ends where the last
+    assistant answer starts (whitespace aside: a template whose user turn already ends with
+    the assistant marker, or that has no role markers, needs no generation prompt); every
+    assistant answer is intact.
 
     Policy keys: `samples` (conversations taken from the dataset, default 8),
     `timeout_s` (per render, 2.0), `max_output_chars` (per render, 1000000),
@@ -263,10 +267,13 @@ class ChatTemplateGate(Gate):
         failures += drift.pop("failures")
         metrics = {
             "samples": len(samples),
-            "drift": bool(drift.get("text_differs") or drift.get("token_mismatches")),
+            "drift": bool(drift.get("renders_differ")),
             "stop_token": stop.get("emitted"),
             "stop_token_ok": not stop.get("problems"),
             "prompt_prefix_ok": all(s.prefix_ok for s in samples),
+            "prompt_ends_at_answer": all(
+                s.answer_gap is not None and not s.answer_gap.strip() for s in samples
+            ),
             "answers_intact": all(not s.missing_answers for s in samples),
             "max_tokens": max((len(s.ids) for s in samples), default=0),
         }
@@ -277,7 +284,8 @@ class ChatTemplateGate(Gate):
             thresholds,
             evidence,
             f"template renders {len(samples)} samples, stops with {stop.get('emitted')!r},"
-            " no drift",
+            " no drift"
+            + (" (the sources differ byte-wise, not in rendering)" if drift.get("note") else ""),
         )
 
     # -- per-sample rendering --------------------------------------------------------------
@@ -303,16 +311,23 @@ class ChatTemplateGate(Gate):
     def _prompt_checks(self, samples: list[_Sample]) -> list[str]:
         failures = []
         for s in samples:
-            if s.prompt == s.bare:
-                failures.append(
-                    f"sample {s.source}: add_generation_prompt=True adds nothing, so the prompt"
-                    " does not end where the assistant turn starts"
-                )
-            elif not s.full.startswith(s.prompt):
+            if not s.full.startswith(s.prompt):
                 d = _first_difference(s.prompt, s.full, ("prompt", "training"))
                 failures.append(
                     f"sample {s.source}: the generation prompt is not a prefix of the training"
                     f" text (differs at character {d['offset']})"
+                )
+            elif s.answer_gap is None:
+                if len(s.msgs) - 1 not in s.missing_answers:  # else reported below
+                    failures.append(
+                        f"sample {s.source}: the assistant answer does not follow the generation"
+                        " prompt in the training text"
+                    )
+            elif s.answer_gap.strip():
+                failures.append(
+                    f"sample {s.source}: the training text puts {s.answer_gap.strip()[:60]!r}"
+                    " between the generation prompt and the assistant answer, which"
+                    " add_generation_prompt=True does not produce"
                 )
             elif not s.prefix_ok:
                 failures.append(
@@ -399,49 +414,95 @@ class ChatTemplateGate(Gate):
         out["checked"] = True
         out["tokenizer_sha256"] = _sha256(own)
         out["text_differs"] = own != source
-        if own != source:
-            diff = list(
-                difflib.unified_diff(
-                    own.splitlines(),
-                    source.splitlines(),
-                    f"tokenizer/{where}",
-                    "bundle",
-                    lineterm="",
-                    n=1,
-                )
+        out["token_mismatches"] = []
+        if own == source:
+            out["renders_differ"] = False
+            return out
+        diff = difflib.unified_diff(
+            own.splitlines(), source.splitlines(), f"tokenizer/{where}", "bundle", lineterm="", n=1
+        )
+        out["diff"] = [line[:300] for line in list(diff)[:60]]
+        out["first_difference"] = _first_difference(source, own)
+        try:
+            theirs = Sandbox(
+                own, timeout_s=float(p["timeout_s"]), max_output_chars=int(p["max_output_chars"])
             )
-            out["diff"] = [line[:300] for line in diff[:60]]
-            out["first_difference"] = _first_difference(source, own)
+        except RenderError as exc:
+            out["renders_differ"] = True
+            out["tokenizer_template_error"] = {"sample": None, "message": str(exc)}
             out["failures"].append(
-                f"the bundle's chat template differs from the tokenizer's {where}"
-                f" at character {out['first_difference']['offset']}"
+                f"the bundle's chat template differs from the tokenizer's {where}, which does"
+                f" not compile: {exc}"
             )
-        mismatches = []
-        if own != source:
-            try:
-                theirs = Sandbox(
-                    own,
-                    timeout_s=float(p["timeout_s"]),
-                    max_output_chars=int(p["max_output_chars"]),
-                )
-                for s in samples:
-                    other = theirs.render(s.msgs, False, **specials)
-                    other_ids = tok.encode(other, add_special_tokens=False).ids
-                    if other_ids != s.ids:
-                        mismatches.append(
-                            {"sample": s.source, **_diff_tokens(tok, s.ids, other_ids)}
-                        )
-            except RenderError as exc:
-                out["tokenizer_template_error"] = str(exc)
-        out["token_mismatches"] = mismatches[:10]
+            return out
+        try:
+            out.update(self._compare_renders(theirs, tok, specials, samples))
+        except _SampleError as exc:
+            out["renders_differ"] = True
+            out["tokenizer_template_error"] = {"sample": exc.source, "message": str(exc.error)}
+            out["failures"].append(
+                f"the bundle's chat template differs from the tokenizer's {where}, which cannot"
+                f" render sample {exc.source}: {exc.error}"
+            )
+            return out
+        renders = out["render_mismatches"]
+        if not renders:
+            out["note"] = (
+                "the sources differ byte-wise but render the same text (so the same tokens)"
+                " on every sample, with and without the generation prompt"
+            )
+            return out
+        first = renders[0]
+        out["failures"].append(
+            f"the bundle's chat template differs from the tokenizer's {where} and renders"
+            f" {out['samples_differ']} sample(s) differently (first: sample {first['sample']},"
+            f" {first['rendering']}, character {first['offset']})"
+        )
+        mismatches = out["token_mismatches"]
         if mismatches:
             first = mismatches[0]
             out["failures"].append(
-                f"{len(mismatches)} sample(s) render to different tokens with the tokenizer's"
+                f"{out['tokens_differ']} sample(s) render to different tokens with the tokenizer's"
                 f" template (sample {first['sample']}, token {first['position']}:"
                 f" {first['bundle']} vs {first['tokenizer']})"
             )
         return out
+
+    def _compare_renders(
+        self, theirs: Sandbox, tok: Any, specials: dict[str, str], samples: list[_Sample]
+    ) -> dict[str, Any]:
+        """Render every sample (training text and generation prompt) with the tokenizer's
+        template too; where the text differs, the first differing character and token."""
+        renders: list[dict[str, Any]] = []
+        tokens: list[dict[str, Any]] = []
+        prompt_tokens: list[dict[str, Any]] = []
+        differ: set[str] = set()
+        for s in samples:
+            for rendering, msgs, gen, mine, ids, found in (
+                ("training text", s.msgs, False, s.full, s.ids, tokens),
+                ("generation prompt", s.msgs[:-1], True, s.prompt, s.prompt_ids, prompt_tokens),
+            ):
+                try:
+                    other = theirs.render(msgs, gen, **specials)
+                except RenderError as exc:
+                    raise _SampleError(s.source, exc) from None
+                if other == mine:
+                    continue
+                differ.add(s.source)
+                renders.append(
+                    {"sample": s.source, "rendering": rendering, **_first_difference(mine, other)}
+                )
+                other_ids = tok.encode(other, add_special_tokens=False).ids
+                if other_ids != ids:
+                    found.append({"sample": s.source, **_diff_tokens(tok, ids, other_ids)})
+        return {
+            "renders_differ": bool(renders),
+            "samples_differ": len(differ),
+            "tokens_differ": len(tokens),
+            "render_mismatches": renders[:10],
+            "token_mismatches": tokens[:10],
+            "prompt_token_mismatches": prompt_tokens[:10],
+        }
 
 
 def _special_ids(tok: Any, specials: dict[str, str]) -> set[int]:
@@ -485,6 +546,20 @@ class _Sample:
             self.prompt_ids
         )
 
+    @functools.cached_property
+    def answer_gap(self) -> str | None:
+        """What the training text holds between the end of the generation prompt and the
+        last answer: whitespace when the prompt ends where the answer starts, an assistant
+        header when the prompt lacks it; None when the answer does not follow the prompt."""
+        if not self.full.startswith(self.prompt):
+            return None
+        answer = self.msgs[-1]["content"].strip()
+        rest = self.full[len(self.prompt) :]
+        if rest.lstrip().startswith(answer):
+            return rest[: len(rest) - len(rest.lstrip())]
+        at = rest.find(answer)
+        return rest[:at] if at >= 0 else None
+
     @property
     def token_divergence(self) -> int:
         pairs = zip(self.ids, self.prompt_ids, strict=False)
@@ -512,5 +587,9 @@ class _Sample:
             "token_ids": self.ids[:1024],
             "tokens": len(self.ids),
             "generation_prompt_tail": self.prompt[-200:],
+            "generation_prompt_adds": (
+                self.prompt[len(self.bare) :][:200] if self.prompt.startswith(self.bare) else None
+            ),
+            "before_answer": None if self.answer_gap is None else self.answer_gap[:200],
             "prompt_tokens": len(self.prompt_ids),
         }

@@ -81,6 +81,7 @@ def test_clean_adapter_passes(reg, reg_path, tiny) -> None:  # noqa: ANN001
     assert m["modules"] == 10 and m["shapes_checked"] and m["problems"] == 0
     assert m["r"] == 8 and m["lora_alpha"] == 16 and m["scaling"] == 2.0
     assert m["identity"] == "match" and ev["identity"]["adapter"] == str(tiny["base"])
+    assert m["targets_match"] and ev["adapted_module_names"] == sorted(ev["target_modules"])
     assert 0 < m["adapter_share"] < 1 and m["adapter_parameters"] == 2 * 8 * (
         (64 + 64) + (64 + 32) + (64 + 64) + (64 + 128) + (128 + 64)
     )
@@ -120,6 +121,53 @@ def test_adapter_naming_a_module_the_base_lacks_fails(reg, reg_path, tiny, tmp_p
         prefix + "qkv_proj.lora_A.weight", prefix + "qkv_proj.lora_B.weight",
     }  # fmt: skip
     assert missing[0]["base_tensor"] == "model.layers.1.self_attn.qkv_proj.weight"
+
+
+@SQLITE
+def test_target_modules_the_tensors_do_not_adapt_fail(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
+    # The tensors adapt q, v, o, up and down (the tiny project's targets); the config
+    # claims q, k, v, o and gate. Every tensor still fits the base: only the names lie.
+    listed = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj"]
+    ad = copy_adapter(tiny, tmp_path / "adapter", target_modules=listed)
+    rec, ev = check(reg, reg_path, tiny, adapter=ad)
+    assert rec.status == "failed", rec.summary
+    assert rec.summary == (
+        "target_modules ['gate_proj', 'k_proj', 'o_proj', 'q_proj', 'v_proj'] does not match"
+        " the modules the tensors adapt ['down_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']"
+        " (tensors adapt ['down_proj', 'up_proj'], not listed; no tensor adapts"
+        " ['gate_proj', 'k_proj'])"
+    )
+    assert rec.metrics["problems"] == 0 and not rec.metrics["targets_match"]
+    cov = ev["target_coverage"]
+    assert cov["not_listed"] == ["down_proj", "up_proj"]
+    assert cov["not_adapted"] == ["gate_proj", "k_proj"]
+
+
+@SQLITE
+@pytest.mark.parametrize(
+    ("targets", "verdict"),
+    [
+        (["self_attn.q_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.up_proj",
+          "mlp.down_proj"], None),
+        (r"model\.layers\.\d+\.(self_attn\.(q|v|o)_proj|mlp\.(up|down)_proj)", None),
+        ("all-linear", None),
+        (["q_proj", "v_proj", "o_proj", "up_proj"], "(tensors adapt ['down_proj'], not listed)"),
+        (r".*\.(q_proj|v_proj)", "(tensors adapt ['down_proj', 'o_proj', 'up_proj'], not listed)"),
+        (r".*_proj", "(no tensor adapts ['gate_proj', 'k_proj'])"),
+        ("(q_proj", "is not a valid regular expression"),
+    ],
+    ids=["dotted-suffixes", "regex", "all-linear", "list-misses-one", "regex-misses",
+         "regex-selects-more", "bad-regex"],
+)  # fmt: skip
+def test_target_module_specs(reg, reg_path, tiny, tmp_path, targets, verdict) -> None:  # noqa: ANN001
+    ad = copy_adapter(tiny, tmp_path / "adapter", target_modules=targets)
+    rec, ev = check(reg, reg_path, tiny, adapter=ad)
+    if verdict is None:
+        assert rec.status == "passed", rec.summary
+        assert rec.metrics["targets_match"]
+    else:
+        assert rec.status == "failed" and verdict in rec.summary, rec.summary
+    assert ev["adapted_module_names"] == ["down_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
 @SQLITE

@@ -49,15 +49,18 @@ def _dataset(tmp_path: Path, tiny: dict[str, Path]) -> Path:
 
 def audit(
     reg: Any, reg_path: Path, tiny: dict[str, Path], dataset: Path | None = None,
-    policy: str = EVALS, name: str = "bot",
+    policy: str = EVALS, name: str = "bot", config: Path | None = None,
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
-    """Register the tiny bundle (with `dataset` swapped in) and run dataset-audit on it."""
+    """Register the tiny bundle (with `dataset` / `config` swapped in) and run
+    dataset-audit on it."""
     from gates.engine import evidence, run_gates
     from gates.policy import parse
 
     args = add_args(tiny, name)
     if dataset is not None:
         args[args.index("--dataset") + 1] = str(dataset)
+    if config is not None:
+        args[args.index("--config") + 1] = str(config)
     added = run_cli(*args, registry=reg_path)
     assert added.code == 0, added.err
     pol = parse("[gates.dataset-audit]\n" + policy, tiny["evals"].parent)
@@ -70,9 +73,11 @@ def test_clean_bundle_passes_with_evidence(reg, reg_path, tiny) -> None:  # noqa
     rec, ev = audit(reg, reg_path, tiny)
     assert rec.status == "passed", rec.summary
     m = rec.metrics
-    assert m["rows"] == 240 and m["format_errors"] == 0 and m["license"] == "mit"
+    rows = sum(len(_rows(tiny["dataset"] / f"{s}.jsonl")) for s in ("train", "validation"))
+    items = sum(len(_rows(f)) for f in tiny["evals"].glob("*.jsonl"))
+    assert m["rows"] == rows and m["format_errors"] == 0 and m["license"] == "mit"
     assert m["exact_duplicates"] == m["near_duplicates"] == m["contaminated"] == 0
-    assert m["eval_items"] == 87 and m["truncation_checked"] and m["truncated"] == 0
+    assert m["eval_items"] == items and m["truncation_checked"] and m["truncated"] == 0
     assert set(ev["inputs"]) == {"evals/target.jsonl", "evals/golden.jsonl", "evals/safety.jsonl"}
     e = ev["evidence"]
     assert e["parameters"]["ngram"] == 3 and e["parameters"]["max_seq_len"] == 32
@@ -84,13 +89,13 @@ def test_clean_bundle_passes_with_evidence(reg, reg_path, tiny) -> None:  # noqa
 def test_duplicated_block_of_rows_fails(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
     ds = _dataset(tmp_path, tiny)
     rows = _rows(ds / "train.jsonl")
-    _write(ds / "train.jsonl", rows + rows[10:30])  # lines 11-30 again as lines 201-220
+    _write(ds / "train.jsonl", rows + rows[10:30])  # lines 11-30 again after the last line
     rec, ev = audit(reg, reg_path, tiny, ds)
     assert rec.status == "failed" and "duplicate rate" in rec.summary
     assert rec.metrics["exact_duplicates"] == 20 and rec.metrics["near_duplicates"] == 0
     groups = ev["evidence"]["duplicates"]["exact_groups"]
     lines = sorted((g["rows"][0]["line"], g["rows"][1]["line"]) for g in groups)
-    assert len(groups) == 20 and lines == [(11 + k, 201 + k) for k in range(20)]
+    assert len(groups) == 20 and lines == [(11 + k, len(rows) + 1 + k) for k in range(20)]
     assert all(r["split"] == "train" for g in groups for r in g["rows"])
 
 
@@ -122,7 +127,7 @@ def test_near_duplicate_paraphrase_set_fails(reg, reg_path, tiny, tmp_path) -> N
     assert rec.status == "failed", rec.summary
     assert rec.metrics["exact_duplicates"] == 0 and rec.metrics["near_duplicates"] == 4
     pairs = ev["evidence"]["duplicates"]["near_pairs"]
-    planted = set(range(201, 206))
+    planted = set(range(len(rows) + 1, len(rows) + 6))
     assert pairs and all({p["a"]["line"], p["b"]["line"]} <= planted for p in pairs)
     assert all(p["jaccard"] >= 0.8 for p in pairs)
 
@@ -131,12 +136,13 @@ def test_near_duplicate_paraphrase_set_fails(reg, reg_path, tiny, tmp_path) -> N
 def test_eval_item_leaked_into_train_fails(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
     ds = _dataset(tmp_path, tiny)
     leaked = _rows(tiny["evals"] / "target.jsonl")[4]
-    _write(ds / "train.jsonl", [*_rows(ds / "train.jsonl"), leaked])
+    train = _rows(ds / "train.jsonl")
+    _write(ds / "train.jsonl", [*train, leaked])
     rec, ev = audit(reg, reg_path, tiny, ds)
     assert rec.status == "failed" and "contain eval items" in rec.summary
     assert rec.metrics["contaminated"] == 1
     (pair,) = ev["evidence"]["contamination"]["pairs"]
-    assert pair["row"]["split"] == "train" and pair["row"]["line"] == 201
+    assert pair["row"]["split"] == "train" and pair["row"]["line"] == len(train) + 1
     assert pair["eval"] == {
         "set": "evals/target.jsonl", "line": 5, "text": pair["row"]["text"],
     }  # fmt: skip
@@ -165,15 +171,95 @@ def test_license_outside_allowlist_fails(reg, reg_path, tiny) -> None:  # noqa: 
 @SQLITE
 def test_truncation_reports_cut_and_lost_answers(reg, reg_path, tiny) -> None:  # noqa: ANN001
     # Every row renders to 11 tokens, 7 of them the prompt up to "<|assistant|>".
+    rows = sum(len(_rows(tiny["dataset"] / f"{s}.jsonl")) for s in ("train", "validation"))
     rec, ev = audit(reg, reg_path, tiny, policy=EVALS + "max_seq_len = 9\n")
     assert rec.status == "failed" and "exceed max_seq_len 9" in rec.summary
-    assert rec.metrics["truncated"] == 240 and rec.metrics["answer_cut"] == 240
+    assert rec.metrics["truncated"] == rows and rec.metrics["answer_cut"] == rows
     t = ev["evidence"]["truncation"]
     assert t["source"] == "policy" and t["by_split"]["validation"]["rate"] == 1.0
     assert t["worst"][0]["tokens"] == 11 and t["worst"][0]["prompt_tokens"] == 7
     rec, ev = audit(reg, reg_path, tiny, policy=EVALS + "max_seq_len = 6\n", name="short")
-    assert rec.metrics["answer_lost"] == 240
+    assert rec.metrics["answer_lost"] == rows
     assert ev["evidence"]["truncation"]["worst"][0]["effect"] == "answer lost"
+
+
+def _as_text(row: dict[str, Any]) -> dict[str, Any]:
+    """A chat row as a plain-text row: its turns joined, as a text trainer would see it."""
+    return {"text": " ".join(m["content"] for m in row["messages"])}
+
+
+@SQLITE
+def test_text_rows_pass_under_auto(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
+    ds = _dataset(tmp_path, tiny)
+    n = 0
+    for split in ("train", "validation"):
+        rows = [_as_text(r) for r in _rows(ds / f"{split}.jsonl")]
+        _write(ds / f"{split}.jsonl", rows)
+        n += len(rows)
+    rec, ev = audit(reg, reg_path, tiny, ds)
+    assert rec.status == "passed", rec.summary
+    assert rec.metrics["format"] == "text" and rec.metrics["format_errors"] == 0
+    assert ev["evidence"]["format"]["formats_seen"] == {"text": n}
+    assert rec.metrics["truncation_checked"] and rec.metrics["truncated"] == 0
+
+
+@SQLITE
+def test_mixed_formats_pass_under_auto(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
+    ds = _dataset(tmp_path, tiny)
+    train = _rows(ds / "train.jsonl")
+    n_val = len(_rows(ds / "validation.jsonl"))
+    pc = [{"prompt": r["messages"][0]["content"], "completion": r["messages"][1]["content"]}
+          for r in train[100:150]]  # fmt: skip
+    _write(ds / "train.jsonl", train[:100] + pc + [_as_text(r) for r in train[150:]])
+    rec, ev = audit(reg, reg_path, tiny, ds)
+    assert rec.status == "passed", rec.summary
+    assert rec.metrics["format"] == "mixed" and rec.metrics["format_errors"] == 0
+    seen = ev["evidence"]["format"]["formats_seen"]
+    assert seen == {"chat": 100 + n_val, "prompt_completion": 50, "text": len(train) - 150}
+    # A row in no format the trainer reads still fails, and so does a half prompt/completion.
+    _write(ds / "train.jsonl", [*train[:100], *pc, {"question": "sort a b c"},
+                                {"prompt": "sort b a c", "text": "a b c"}])  # fmt: skip
+    rec, ev = audit(reg, reg_path, tiny, ds, name="broken")
+    assert rec.status == "failed"
+    assert "2 row(s) are not valid chat, prompt_completion or text rows" in rec.summary
+    errors = ev["evidence"]["format"]["errors"]
+    assert [(e["line"], e["error"]) for e in errors] == [
+        (151, "row has no messages, prompt/completion or text"),
+        (152, "prompt and completion must both be strings (or both message lists)"),
+    ]  # fmt: skip
+
+
+@SQLITE
+def test_packing_splits_long_train_rows(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
+    # Every row renders to 11 tokens; with max_seq_len 9 the trainer truncates each one,
+    # unless it packs: then train rows are split across sequences (gates/train.py), while
+    # validation rows are still encoded one by one and truncated.
+    config = tmp_path / "train.yaml"
+    text = tiny["config"].read_text()
+    config.write_text(text.replace("max_seq_len: 32", "max_seq_len: 9").replace(
+        "packing: false", "packing: true"))  # fmt: skip
+    assert "packing: true" in config.read_text() and "max_seq_len: 9" in config.read_text()
+    n_train = len(_rows(tiny["dataset"] / "train.jsonl"))
+    n_val = len(_rows(tiny["dataset"] / "validation.jsonl"))
+    rec, ev = audit(reg, reg_path, tiny, config=config)
+    assert rec.status == "failed", rec.summary
+    assert f"{n_val} row(s) exceed max_seq_len 9 (validation: 100.00%" in rec.summary
+    assert rec.metrics["truncated"] == n_val and rec.metrics["split_by_packing"] == n_train
+    t = ev["evidence"]["truncation"]
+    assert t["source"] == "config max_seq_len"
+    assert t["by_split"]["train"]["truncated"] == 0 and t["by_split"]["train"]["rate"] == 0
+    assert t["by_split"]["train"]["split_by_packing"] == n_train
+    assert t["by_split"]["validation"]["truncated"] == n_val
+    assert t["packing"]["enabled"] and t["packing"]["rows_split"] == n_train
+    assert t["packing"]["longest"][0]["tokens"] > 9
+    assert {w["split"] for w in t["worst"]} == {"validation"}
+    # Without a validation split, nothing is truncated.
+    ds = _dataset(tmp_path, tiny)
+    (ds / "validation.jsonl").unlink()
+    rec, ev = audit(reg, reg_path, tiny, ds, config=config, name="packed")
+    assert rec.status == "passed", rec.summary
+    assert rec.metrics["truncated"] == 0 and rec.metrics["split_by_packing"] == n_train
+    assert f"0 truncated, {n_train} split by packing" in rec.summary
 
 
 @SQLITE
@@ -198,12 +284,12 @@ def test_bad_rows_reported_by_split_and_line(reg, reg_path, tiny, tmp_path) -> N
 @SQLITE
 def test_row_shared_between_splits_is_a_leak(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
     ds = _dataset(tmp_path, tiny)
-    train = _rows(ds / "train.jsonl")
-    _write(ds / "validation.jsonl", [*_rows(ds / "validation.jsonl"), train[41]])
+    train, val = _rows(ds / "train.jsonl"), _rows(ds / "validation.jsonl")
+    _write(ds / "validation.jsonl", [*val, train[41]])
     rec, ev = audit(reg, reg_path, tiny, ds)
     assert rec.status == "failed" and rec.metrics["split_leaks"] == 1
     (leak,) = ev["evidence"]["duplicates"]["split_leaks"]
-    assert (leak["row"]["split"], leak["row"]["line"]) == ("validation", 41)
+    assert (leak["row"]["split"], leak["row"]["line"]) == ("validation", len(val) + 1)
     assert (leak["duplicates"]["split"], leak["duplicates"]["line"]) == ("train", 42)
 
 

@@ -71,6 +71,31 @@ def test_template_drift_fails_with_diff(reg, reg_path, tiny, tmp_path) -> None: 
 
 
 @SQLITE
+def test_trailing_newline_is_not_drift(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
+    original = tiny["chat_template"].read_text()
+    rec, ev = check(reg, reg_path, tiny, tmp_path, template=original + "\n")
+    assert rec.status == "passed", rec.summary
+    assert not rec.metrics["drift"] and "differ byte-wise" in rec.summary
+    drift = ev["drift"]
+    assert drift["text_differs"] and not drift["renders_differ"]
+    assert drift["first_difference"]["offset"] == len(original)
+    assert "render the same text" in drift["note"] and drift["render_mismatches"] == []
+
+
+@SQLITE
+def test_drift_in_the_generation_prompt_alone_fails(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
+    original = tiny["chat_template"].read_text()
+    theirs = original.replace("<|assistant|>{% endif %}", "<|assistant|> <s>{% endif %}")
+    assert theirs != original
+    rec, ev = check(reg, reg_path, tiny, tmp_path, tokenizer_template=theirs)
+    assert rec.status == "failed" and "renders 8 sample(s) differently" in rec.summary
+    drift = ev["drift"]
+    assert {m["rendering"] for m in drift["render_mismatches"]} == {"generation prompt"}
+    assert drift["token_mismatches"] == []  # the training text is the same
+    assert drift["prompt_token_mismatches"][0]["tokenizer"][-1] == "<s>"
+
+
+@SQLITE
 def test_eos_missing_from_vocabulary_fails(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
     bad = tiny["chat_template"].read_text().replace("<|end|>", "<|eot|>")
     rec, ev = check(reg, reg_path, tiny, tmp_path, template=bad, tokenizer_template=bad)
@@ -92,8 +117,56 @@ def test_stop_token_generation_does_not_stop_at_fails(reg, reg_path, tiny, tmp_p
 @SQLITE
 def test_ignored_generation_prompt_fails(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
     tmpl = "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
-    rec, _ = check(reg, reg_path, tiny, tmp_path, template=tmpl, tokenizer_template=tmpl)
-    assert rec.status == "failed" and "add_generation_prompt=True adds nothing" in rec.summary
+    rec, ev = check(reg, reg_path, tiny, tmp_path, template=tmpl, tokenizer_template=tmpl)
+    assert rec.status == "failed" and "puts '<|assistant|>' between" in rec.summary
+    assert not rec.metrics["prompt_ends_at_answer"]
+    assert ev["samples"][0]["before_answer"] == "<|assistant|> "
+
+
+@SQLITE
+def test_chatml_without_generation_prompt_fails(reg, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
+    tmpl = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}{{ eos_token }}\n"
+        "{% endfor %}{% if add_generation_prompt %}{% endif %}"
+    )
+    rec, ev = check(reg, reg_path, tiny, tmp_path, template=tmpl, tokenizer_template=tmpl)
+    assert rec.status == "failed", rec.summary
+    assert (
+        "sample train:1: the training text puts '<|im_start|>assistant' between the generation"
+        " prompt and the assistant answer, which add_generation_prompt=True does not produce"
+    ) in rec.summary
+    first = ev["samples"][0]
+    assert first["generation_prompt_adds"] == ""
+    assert first["before_answer"] == "<|im_start|>assistant\n"
+    assert not ev["stop_token"]["problems"]  # it stops right: only the prompt is wrong
+
+
+MISTRAL = (
+    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }}"
+    " [/INST]{% elif m['role'] == 'assistant' %} {{ m['content'] }} {{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+NO_ROLES = (
+    "{% for m in messages %}{{ m['content'] }}\n{% if m['role'] == 'assistant' %}{{ eos_token }}"
+    "\n{% endif %}{% endfor %}"
+)
+
+
+@SQLITE
+@pytest.mark.parametrize(
+    ("tmpl", "gap"), [(MISTRAL, " "), (NO_ROLES, "")], ids=["mistral", "no-role-markers"]
+)
+def test_prompt_ending_at_the_answer_passes(reg, reg_path, tiny, tmp_path, tmpl, gap) -> None:  # noqa: ANN001
+    # add_generation_prompt=True adds nothing here, and needs not: the prompt without it
+    # already ends where the assistant answer starts.
+    rec, ev = check(reg, reg_path, tiny, tmp_path, template=tmpl, tokenizer_template=tmpl)
+    assert rec.status == "passed", rec.summary
+    assert rec.metrics["prompt_ends_at_answer"] and rec.metrics["prompt_prefix_ok"]
+    assert rec.metrics["stop_token"] == "<|end|>"
+    for sample in ev["samples"]:
+        assert sample["generation_prompt_adds"] == "" and sample["before_answer"] == gap
+    first = ev["samples"][0]["rendered"]
+    assert first.startswith("<s>[INST] " if tmpl == MISTRAL else "sort ")
 
 
 @SQLITE
