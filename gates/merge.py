@@ -13,15 +13,31 @@ compares, over every real token position, the logits of:
 
 The unmerged model in the serving dtype is measured too (evidence only), so a reader can
 tell the cost of the dtype from the cost of merging.
+
+Applicability. Merging needs adapter weights that fold into the base's: LoRA and QLoRA
+(a LoRA adapter), IA3 (its scaling vectors multiply the weights) and the other peft
+tuners peft can `merge_and_unload`. A full fine-tune has no adapter, and prompt learning
+(prompt_tuning, p_tuning, prefix_tuning, ...) adds virtual tokens or prefix key/values
+rather than changing weights: for those the gate records a failed run whose summary
+starts with "not applicable:" and names the adaptation (metric `applicable: false`),
+never a pass and never a crash. An adapter type not known here whose loaded peft model
+cannot merge is reported the same way.
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from gates.base import Gate, GateContext, GateResult
+from gates.base import Gate, GateContext, GateResult, bundle_adaptation, not_applicable
 from gates.evals import load_items
 from registry.errors import GateError
+
+WHAT = "merge-equivalence folds adapter weights into the base"
+# Adaptations (registry.bundles.adaptation) with no weights to fold into the base.
+PROMPT_LEARNING = (
+    "prompt_tuning", "p_tuning", "prefix_tuning", "multitask_prompt_tuning", "adaption_prompt",
+    "cpt",
+)  # fmt: skip
 
 
 class MergeEquivalenceGate(Gate):
@@ -44,6 +60,13 @@ class MergeEquivalenceGate(Gate):
         from gates import modeling
 
         p = ctx.params
+        kind = bundle_adaptation(ctx.bundle)
+        if kind == "full":
+            return not_applicable(ctx, WHAT, "a full fine-tune has no adapter to merge")
+        if kind in PROMPT_LEARNING:
+            return not_applicable(
+                ctx, WHAT, "it adds virtual tokens, not weights, so there is nothing to merge"
+            )
         if not (ctx.workdir / "adapter_config.json").is_file():
             raise GateError("the bundle has no adapter, so there is nothing to merge")
         dtype = str(p["dtype"])
@@ -56,6 +79,9 @@ class MergeEquivalenceGate(Gate):
         ]
         base_meta = ctx.meta("base_model")
         loaded = modeling.load_bundle(ctx.workdir, base_meta, dtype="float32")
+        if not hasattr(loaded.model, "merge_and_unload"):  # a peft type peft cannot merge
+            modeling.free(loaded)
+            return not_applicable(ctx, WHAT, f"peft cannot merge a {kind} adapter")
         device = modeling.device_name(loaded.device)
         merged = cast = None
         try:

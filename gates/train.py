@@ -14,6 +14,32 @@ the training loss keeps falling (overfitting), and, with
 (true on the CPU for any bundle `registry train` produced). A retrained adapter that
 differs is registered as a new bundle (parent = the gated bundle) when `register` is set.
 
+Config keys. The keys (and aliases) training reads are `ALIASES`. A key the trainer does
+not know is an error naming it and its nearest known key (`config: unknown key 'steps'
+(did you mean 'max_steps'?)`): silently training 9 steps for a config that says
+`steps: 300` is a wrong adapter, not a warning. The exception is `IGNORED_KEYS`, a fixed
+list of bookkeeping keys trainers write into their configs (HF TrainingArguments dumps:
+`output_dir`, `logging_steps`, `save_steps`, `report_to`, ...) that cannot change the
+trained weights: where output goes, logging, checkpointing, reporting, evaluation
+batching, data-loader workers, memory-only switches. Those are accepted and listed in
+the evidence as `ignored_hyperparameters`. Anything that can change the weights and that
+this trainer does not implement (`max_grad_norm`, `fp16`, `optim`, `load_in_4bit`, ...) is
+an error too: the recipe would not be the one that is run. Two aliases of one key with
+different values are an error.
+
+Validation loss is over answer (labelled) tokens only. A validation split whose rows all
+lost their answer to truncation (`max_seq_len` shorter than the prompts) has nothing to
+score: that is an error (raise `max_seq_len`), never a loss of 0.0 and an overfitting
+check that passes; rows that lost it while others kept theirs are left out of the loss
+and counted in the evidence (`validation_rows_without_answer`).
+
+Applicability. Both retrain a LoRA adapter. The train gate checks a LoRA (or QLoRA)
+bundle's recipe; for a bundle that adapts its base otherwise (ia3, prompt_tuning, full,
+...) retraining LoRA would check a different recipe, so the gate records a failed run
+whose summary starts with "not applicable:" and names the adaptation. `registry train
+--from` such a bundle trains a new LoRA adapter on its base; the LoRA shape defaults
+come from the parent adapter only when that is a LoRA adapter.
+
 Determinism: seeds are fixed (`seed` in the config), batches come from a seeded
 shuffle, and the adapter is saved with a normalized config, so the same inputs on the
 CPU give the same adapter digest. GPU kernels are not bitwise deterministic.
@@ -21,13 +47,21 @@ CPU give the same adapter digest. GPU kernels are not bitwise deterministic.
 
 from __future__ import annotations
 
+import difflib
 import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from gates.base import Gate, GateContext, GateResult, require_component
+from gates.base import (
+    Gate,
+    GateContext,
+    GateResult,
+    bundle_adaptation,
+    not_applicable,
+    require_component,
+)
 from gates.rows import read_jsonl
 from registry.errors import GateError, InvalidInputError, UsageError
 
@@ -46,7 +80,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "learning_rate": ("learning_rate", "lr"),
     "epochs": ("epochs", "num_train_epochs"),
     "max_steps": ("max_steps",),
-    "max_seq_len": ("max_seq_len", "max_seq_length", "max_length"),
+    "max_seq_len": ("max_seq_len", "max_seq_length", "max_length", "cutoff_len", "sequence_len"),
     "packing": ("packing",),
     "seed": ("seed",),
     "batch_size": ("batch_size", "per_device_train_batch_size", "train_batch_size"),
@@ -57,6 +91,39 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "eval_steps": ("eval_steps",),
     "quantization": ("quantization",),
 }
+# Bookkeeping keys trainers write into configs that cannot change the trained weights:
+# accepted and recorded as ignored (anything else training does not read is an error).
+IGNORED_KEYS = frozenset(
+    {
+        # where output goes, run names
+        "output_dir", "overwrite_output_dir", "logging_dir", "run_name", "project",
+        # logging and reporting
+        "logging_strategy", "logging_steps", "logging_first_step", "logging_nan_inf_filter",
+        "log_level", "log_level_replica", "log_on_each_node", "report_to", "disable_tqdm",
+        "skip_memory_metrics", "include_num_input_tokens_seen", "include_tokens_per_second",
+        # checkpoints and the Hub
+        "save_strategy", "save_steps", "save_total_limit", "save_safetensors",
+        "save_on_each_node", "save_only_model", "push_to_hub", "hub_model_id", "hub_strategy",
+        "hub_token", "hub_private_repo", "hub_always_push",
+        # evaluation scheduling and batching (validation loss uses eval_steps)
+        "do_train", "do_eval", "do_predict", "eval_strategy", "evaluation_strategy",
+        "per_device_eval_batch_size", "eval_batch_size", "eval_accumulation_steps",
+        "prediction_loss_only",
+        # data loading and memory only: the same batches and the same arithmetic
+        "dataloader_num_workers", "dataloader_pin_memory", "dataloader_persistent_workers",
+        "dataloader_prefetch_factor", "dataloader_drop_last", "gradient_checkpointing",
+        "gradient_checkpointing_kwargs",
+    }
+)  # fmt: skip
+# Unknown keys whose meaning a known key covers, where the spelling is not close.
+KEY_HINTS = {
+    "load_in_4bit": "quantization",
+    "load_in_8bit": "quantization",
+    "bnb_4bit_quant_type": "quantization",
+    "quantization_config": "quantization",
+}
+LORA_ADAPTATIONS = ("lora", "qlora")
+KNOWN_KEYS = tuple(n for names in ALIASES.values() for n in names)
 VALIDATION_SPLITS = ("validation", "valid", "val", "eval", "dev")
 MAX_CURVE_POINTS = 1000
 
@@ -70,12 +137,18 @@ class TrainGate(Gate):
     description = "LoRA fine-tune from the bundle's dataset and config; loss curves, overfitting"
     defaults: ClassVar[dict[str, Any]] = {
         "max_val_loss_rise": 0.1,  # relative rise of validation loss above its best
+        "min_val_loss_rise": 0.05,  # ... and absolute (nats per token): below it, noise
         "val_patience": 3,  # ... sustained over this many evaluations
         "require_reproducible": False,
         "register": True,
     }
 
     def run(self, ctx: GateContext) -> GateResult:
+        if bundle_adaptation(ctx.bundle) not in LORA_ADAPTATIONS:
+            return not_applicable(
+                ctx, "the train gate retrains a LoRA adapter from the bundle's recipe",
+                "retraining LoRA would check another recipe than the one that made it",
+            )  # fmt: skip
         dataset_dir = require_component(ctx, "dataset")
         hyper = ctx.meta("config").get("hyperparameters")
         if hyper is None:
@@ -150,6 +223,7 @@ def train_bundle(
         hyper = info["components"]["config"]["meta"].get("hyperparameters", {})
     else:
         raise UsageError(f"{info['tag']} has no training config", "Pass --config FILE.")
+    resolve_hyperparameters(hyper, _lora_parent(info))  # a bad config fails before any work
     policy = current(reg)
     params = policy.params("train") if policy is not None else dict(TrainGate.defaults)
     started = now()
@@ -229,20 +303,35 @@ def _train(
 
     base_meta = bundle["components"]["base_model"]["meta"]
     parent_adapter = (bundle["components"].get("adapter") or {}).get("meta", {})
+    resolved, ignored = resolve_hyperparameters(hyper, _lora_parent(bundle))
     tokenizer = modeling.load_tokenizer(workdir)
     device = modeling.select_device()
-    resolved, ignored = resolve_hyperparameters(hyper, parent_adapter)
     quantize = _quantize(resolved["quantization"], device)
     train_rows, val_rows = read_splits(dataset_dir)
     max_len = resolved["max_seq_len"]
-    train_ex = [_encode(tokenizer, row, max_len, resolved["packing"]) for row in train_rows]
-    val_ex = [_encode(tokenizer, row, max_len, False) for row in val_rows]
+    limit = None if resolved["packing"] else max_len  # packed examples are split, not cut
+    train_ex = [_encode(tokenizer, row, limit) for row in train_rows]
+    val_ex = [_encode(tokenizer, row, max_len) for row in val_rows]
     truncated = sum(e.truncated for e in train_ex)
+    train_unscored = sum(not _scored(e) for e in train_ex)
     if resolved["packing"]:
         train_ex = modeling.pack(train_ex, max_len)
-    train_ex = [e for e in train_ex if any(lab != modeling.IGNORE for lab in e.labels)]
+    train_ex = [e for e in train_ex if _scored(e)]
     if not train_ex:
-        raise GateError("no training example has an assistant token to learn")
+        raise GateError(
+            "no training example has an assistant token to learn"
+            + _cut(train_rows, truncated, max_len),
+            _fix(tokenizer, train_rows, truncated),
+        )
+    val_unscored = sum(not _scored(e) for e in val_ex)
+    if val_ex and val_unscored == len(val_ex):
+        cut = sum(e.truncated for e in val_ex)
+        raise GateError(
+            f"validation: none of the {len(val_ex)} rows has an answer token left to score"
+            f"{_cut(val_rows, cut, max_len)}, so there is no validation loss",
+            _fix(tokenizer, val_rows, cut),
+        )
+    val_ex = [e for e in val_ex if _scored(e)]
     spec = _spec(resolved, len(train_ex), quantize)
     progress(f"training {spec.steps} steps on {len(train_ex)} sequences ({device})")
     outcome = modeling.train_lora(
@@ -261,6 +350,7 @@ def _train(
         outcome.val_loss,
         params["max_val_loss_rise"],
         params["val_patience"],
+        params["min_val_loss_rise"],
     )
     first, last = (
         _window_mean(outcome.train_loss, 0, spec.eval_steps),
@@ -284,6 +374,7 @@ def _train(
     }
     run.thresholds = {
         "max_val_loss_rise": params["max_val_loss_rise"],
+        "min_val_loss_rise": params["min_val_loss_rise"],
         "val_patience": fit.get("patience"),
     }
     run.evidence = {
@@ -292,6 +383,8 @@ def _train(
         "hyperparameters": resolved,
         "ignored_hyperparameters": ignored,
         "validation_split": bool(val_rows),
+        "validation_rows_without_answer": val_unscored,
+        "train_rows_without_answer": train_unscored,
         "overfitting": fit,
         "train_loss": _thin(outcome.train_loss),
         "val_loss": outcome.val_loss,
@@ -305,6 +398,35 @@ def _train(
             " the training loss kept falling"
         )
     return run
+
+
+def _lora_parent(bundle: dict[str, Any]) -> dict[str, Any]:
+    """The parent adapter's meta when it is a LoRA adapter (its shape gives the defaults),
+    else {}: an IA3 adapter's target modules are not a LoRA shape."""
+    meta = (bundle["components"].get("adapter") or {}).get("meta") or {}
+    return meta if str(meta.get("peft_type", "")).upper() == "LORA" else {}
+
+
+def _scored(e: Encoded) -> bool:
+    """Whether the loss scores any token of `e` (the first token is never predicted)."""
+    from gates.modeling import IGNORE
+
+    return any(lab != IGNORE for lab in e.labels[1:])
+
+
+def _cut(rows: list[dict[str, Any]], truncated: int, max_len: int) -> str:
+    if not truncated:
+        return ""
+    return f" ({truncated} of {len(rows)} were truncated to max_seq_len {max_len})"
+
+
+def _fix(tokenizer: Any, rows: list[dict[str, Any]], truncated: int) -> str:
+    """What to do about rows with no answer token left: raise max_seq_len when truncation
+    cut them (to the longest row's length), else give the rows answers."""
+    if not truncated:
+        return "Give the rows an assistant answer (or text) to learn"
+    longest = max(len(_encode(tokenizer, row, None).input_ids) for row in rows)
+    return f"Raise max_seq_len in the config (the longest row has {longest} tokens)"
 
 
 def _base_name(base_meta: dict[str, Any], parent_adapter: dict[str, Any]) -> str:
@@ -323,15 +445,25 @@ def resolve_hyperparameters(
     hyper: dict[str, Any], parent_adapter: dict[str, Any]
 ) -> tuple[dict[str, Any], list[str]]:
     """The hyperparameters training uses, with defaults (LoRA shape from the parent
-    adapter when the config omits it), and the config keys that were not used."""
+    adapter when the config omits it), and the bookkeeping keys it ignored (IGNORED_KEYS).
+    Any other key it does not know is a GateError naming the nearest known key."""
+    unknown = [k for k in hyper if k not in KNOWN_KEYS and k not in IGNORED_KEYS]
+    if unknown:
+        listed = ", ".join(_unknown(k) for k in unknown)
+        s, it = ("s", "them") if len(unknown) > 1 else ("", "it")
+        raise GateError(
+            f"config: unknown key{s} {listed}",
+            f"Rename or remove {it}: docs/gates-model.md (`registry train`) lists the keys"
+            " this trainer reads and the bookkeeping keys it ignores",
+        )
     found: dict[str, Any] = {}
-    used: set[str] = set()
     for key, names in ALIASES.items():
-        for n in names:
-            if n in hyper:
-                found[key] = hyper[n]
-                used.add(n)
-                break
+        given = [n for n in names if n in hyper]
+        if any(hyper[n] != hyper[given[0]] for n in given):
+            both = " and ".join(repr(n) for n in given)
+            raise GateError(f"config: {both} both set {key}, to different values; keep one")
+        if given:
+            found[key] = hyper[given[0]]
     r = found.get("r", parent_adapter.get("r") or 8)
     out = {
         "r": _int(r, "r", 1),
@@ -367,7 +499,13 @@ def resolve_hyperparameters(
         raise GateError("config: target_modules must be a list of module names or a string")
     if out["quantization"] not in ("auto", "4bit", "none"):
         raise GateError("config: quantization must be auto, 4bit or none")
-    return out, sorted(set(hyper) - used)
+    return out, sorted(set(hyper) & IGNORED_KEYS)
+
+
+def _unknown(key: str) -> str:
+    """`'steps' (did you mean 'max_steps'?)`: the nearest known key, if any is close."""
+    near = KEY_HINTS.get(key) or next(iter(difflib.get_close_matches(key, KNOWN_KEYS, n=1)), None)
+    return f"{key!r} (did you mean {near!r}?)" if near else repr(key)
 
 
 def _int(value: Any, key: str, minimum: int) -> int:
@@ -443,10 +581,10 @@ def row_messages(row: dict[str, Any]) -> list[dict[str, str]] | None:
     return None
 
 
-def _encode(tokenizer: Any, row: dict[str, Any], max_len: int, packing: bool) -> Encoded:
+def _encode(tokenizer: Any, row: dict[str, Any], limit: int | None) -> Encoded:
+    """A row's token ids and labels, truncated to `limit` tokens (None: not truncated)."""
     from gates.modeling import encode_chat, encode_text
 
-    limit = None if packing else max_len  # packed examples are split, not truncated
     messages = row_messages(row)
     if messages is not None:
         return encode_chat(tokenizer, messages, max_len=limit)
@@ -459,12 +597,19 @@ def _encode(tokenizer: Any, row: dict[str, Any], max_len: int, packing: bool) ->
 
 
 def overfitting(
-    train: list[list[float]], val: list[list[float]], max_rise: float, patience: int = 3
+    train: list[list[float]],
+    val: list[list[float]],
+    max_rise: float,
+    patience: int = 3,
+    min_rise: float = 0.05,
 ) -> dict[str, Any]:
-    """Whether validation loss stayed more than `max_rise` (relative) above its best for
-    the last `patience` evaluations while the training loss kept falling: the overfitting
-    signature, as early stopping reads it. One noisy evaluation is not a trend: a tiny
-    validation set's loss jumps by 20% between neighbouring evaluations while still falling.
+    """Whether validation loss stayed more than `max_rise` (relative) and `min_rise`
+    (absolute, nats per token) above its best for the last `patience` evaluations while
+    the training loss kept falling: the overfitting signature, as early stopping reads it.
+    One noisy evaluation is not a trend: a tiny validation set's loss jumps by 20% between
+    neighbouring evaluations while still falling. Nor is a relative swing at a low loss:
+    0.18 -> 0.20 is +11% but 0.02 nats, the size of the change a new seed or another CPU
+    kernel path makes to the same run.
     """
     patience = max(1, int(patience))
     if len(val) < patience + 2:
@@ -477,18 +622,20 @@ def overfitting(
     best_step, best = min(head, key=lambda p: (p[1], p[0]))
     floor = min(loss for _, loss in tail)
     rise = (floor - best) / best if best > 0 else 0.0
+    absolute = floor - best
     window = max(1, int(val[-1][0] - val[-2][0]))
     train_at_best = _window_mean(train, max(0, int(best_step) - window), window)
     train_last = _window_mean(train, len(train) - window, window)
     falling = train_last < train_at_best
     return {
         "checked": True,
-        "flagged": bool(rise > max_rise and falling),
+        "flagged": bool(rise > max_rise and absolute > min_rise and falling),
         "best_step": int(best_step),
         "best_val_loss": best,
         "final_val_loss": val[-1][1],
         "patience": patience,
         "rise": round(rise, 6),
+        "absolute_rise": round(absolute, 6),
         "train_loss_at_best": train_at_best,
         "train_loss_last": train_last,
         "train_falling": falling,
