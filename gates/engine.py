@@ -69,7 +69,10 @@ def order(names: list[str]) -> list[str]:
 
 
 def environment(device: str | None = None) -> dict[str, Any]:
-    """Python, platform, library versions (from metadata: nothing is imported) and device."""
+    """Python, platform, library versions (from metadata: nothing is imported) and device;
+    when a gate has imported torch, also its CPU kernel path (DEFAULT, AVX2, AVX512...:
+    kernels of different paths round differently) and its thread count. A gate that runs
+    no model never imports torch, and this does not either."""
     from importlib.metadata import PackageNotFoundError, version
 
     env: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform()}
@@ -78,13 +81,16 @@ def environment(device: str | None = None) -> dict[str, Any]:
             env[pkg] = version(pkg)
         except PackageNotFoundError:
             env[pkg] = None
+    torch = sys.modules.get("torch")
     if device is None:
         device = "cpu"
-        if "torch" in sys.modules:
-            torch = sys.modules["torch"]
-            if torch.cuda.is_available():
-                device = f"cuda:{torch.cuda.get_device_name(0)}"
+        if torch is not None and torch.cuda.is_available():
+            device = f"cuda:{torch.cuda.get_device_name(0)}"
     env["device"] = device
+    if torch is not None:
+        capability = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+        env["cpu_kernel_path"] = capability() if capability is not None else None
+        env["torch_threads"] = torch.get_num_threads()
     return env
 
 
@@ -245,7 +251,18 @@ def runs_for(reg: Registry, ref: str) -> tuple[dict[str, Any], list[dict[str, An
     for r in runs:
         for key in ("metrics", "thresholds", "inputs", "environment"):
             r[key] = json.loads(r[key])
+        r["summary"] = _summary(reg, r["evidence_digest"])
     return row, runs
+
+
+def _summary(reg: Registry, digest: str | None) -> str | None:
+    """A run's one-line summary (figures with their intervals), kept in its evidence."""
+    if not digest:
+        return None
+    try:
+        return evidence(reg, digest).get("summary")
+    except (RegistryError, OSError, ValueError):
+        return None
 
 
 def evidence(reg: Registry, digest: str) -> dict[str, Any]:

@@ -86,11 +86,12 @@ def select_device() -> str:
 
 
 def device_name(device: str) -> str:
-    """A human label of the device, recorded in every model gate's evidence."""
+    """A human label of the device, recorded in every model gate's evidence (the CPU's
+    model, cores and kernel path are in `machine()`)."""
     if device.startswith("cuda"):
         import torch
 
-        return f"cuda:{torch.cuda.get_device_name(0)}"
+        return f"cuda:{torch.cuda.get_device_name(torch.device(device))}"
     return "cpu"
 
 
@@ -411,6 +412,8 @@ class LoadedModel:
                 logits = self.model(
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
                 ).logits.float()
+            # prompt tuning prepends virtual tokens: their positions come first; drop them
+            logits = logits[:, logits.shape[1] - batch["input_ids"].shape[1] :]
             logp = torch.log_softmax(logits[:, :-1], dim=-1)
             labels = batch["labels"][:, 1:]
             mask = labels != IGNORE
@@ -517,8 +520,13 @@ def logit_agreement(ref: Any, other: Any, mask: Any) -> dict[str, float]:
 def fingerprint(loaded: LoadedModel, prompts: Sequence[Messages], max_new_tokens: int) -> dict:
     """What a model does on fixed prompts: greedy generations and logit checksums.
 
-    Per prompt: its token ids, the greedy completion, and for the logits over the prompt
-    their sum and L2 norm (float64) plus the top-5 next-token logits at its end.
+    Per prompt: its token ids, the greedy completion, for the logits over the prompt
+    their sum and L2 norm (float64) plus the top-5 next-token logits at its end (and the
+    6th, so a near tie at rank 5 can be told), and `margins`: the gap between the top two
+    logits at each greedy step (one forward pass over prompt + completion; the last entry
+    is the step after the completion, where eos or the length limit ended it). A step with
+    a small margin is a near tie that another CPU kernel path may break the other way.
+    The CPU kernel path is recorded with the device.
     """
     torch = setup_torch()
     gens = loaded.generate(prompts, max_new_tokens=max_new_tokens, batch_size=len(prompts))
@@ -527,8 +535,11 @@ def fingerprint(loaded: LoadedModel, prompts: Sequence[Messages], max_new_tokens
         ids = loaded.tokenizer(loaded.prompt_text(messages), add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.device)).logits
+            steps = loaded.model(
+                input_ids=torch.tensor([[*ids, *gen.token_ids]], device=loaded.device)
+            ).logits
         logits = logits[0].double().cpu()
-        top = torch.topk(logits[-1], k=min(5, logits.shape[-1]))
+        top = torch.topk(logits[-1], k=min(6, logits.shape[-1]))
         items.append(
             {
                 "prompt": messages,
@@ -538,8 +549,11 @@ def fingerprint(loaded: LoadedModel, prompts: Sequence[Messages], max_new_tokens
                 "logit_sum": float(logits.sum()),
                 "logit_norm": float(logits.norm()),
                 "numel": int(logits.numel()),
-                "top_ids": top.indices.tolist(),
-                "top_logits": [round(v, 6) for v in top.values.tolist()],
+                "top_ids": top.indices.tolist()[:5],
+                "top_logits": [round(v, 6) for v in top.values.tolist()[:5]],
+                "sixth_logit": round(float(top.values[5]), 6) if top.values.numel() > 5 else None,
+                # counted from the end: prompt tuning prepends virtual token positions
+                "margins": top2_margins(steps[0, steps.shape[1] - len(gen.token_ids) - 1 :]),
             }
         )
     return {
@@ -547,8 +561,61 @@ def fingerprint(loaded: LoadedModel, prompts: Sequence[Messages], max_new_tokens
         "max_new_tokens": max_new_tokens,
         "dtype": loaded.dtype,
         "device": device_name(loaded.device),
+        "cpu_kernel_path": kernel_path(),
         "runtime": runtime(),
     }
+
+
+def top2_margins(logits: Any) -> list[float | None]:
+    """Per row of a [steps, vocab] logit tensor, the top logit minus the second (float64;
+    None for a vocabulary of one token, where there is no second)."""
+    torch = setup_torch()
+    if logits.shape[-1] < 2:
+        return [None] * int(logits.shape[0])
+    top = torch.topk(logits.double().cpu(), k=2, dim=-1).values
+    return [round(v, 6) for v in (top[:, 0] - top[:, 1]).tolist()]
+
+
+def kernel_path() -> str | None:
+    """torch's CPU kernel path (DEFAULT, AVX2, AVX512, ...: `ATEN_CPU_CAPABILITY` picks
+    one; unset, the best the CPU has). Kernels of different paths round differently."""
+    torch = setup_torch()
+    get = getattr(getattr(torch.backends, "cpu", None), "get_cpu_capability", None)
+    return get() if get is not None else None
+
+
+def machine() -> dict[str, Any]:
+    """What a measured time depends on: the CPU model, its cores (all, and those this
+    process may use), torch's kernel path and threads; the GPU when there is one."""
+    import platform
+
+    torch = setup_torch()
+    cpu = platform.processor() or None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "usable_cores": usable,
+        "cpu_kernel_path": kernel_path(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
+def _vm_rss_kb() -> int | None:
+    """The process's resident set now (Linux), in kB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
 
 
 # --- memory ------------------------------------------------------------------------------
@@ -558,29 +625,39 @@ def fingerprint(loaded: LoadedModel, prompts: Sequence[Messages], max_new_tokens
 def peak_memory(device: str) -> Iterator[dict[str, Any]]:
     """Peak memory of the block in MB: GPU allocations on CUDA, else the process's peak
     resident set (Linux resets it through /proc/self/clear_refs; elsewhere it is the
-    peak since the process started). The dict is filled in when the block ends."""
+    peak since the process started). The dict is filled in when the block ends; its
+    `start_mb` (what was in use when the block began, where known) lets a caller tell
+    what the block itself added."""
     out: dict[str, Any] = {}
     if device.startswith("cuda"):
         import torch
 
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated() / 2**20
         yield out
         torch.cuda.synchronize()
-        out.update(peak_mb=torch.cuda.max_memory_allocated() / 2**20, method="cuda_max_allocated")
+        out.update(
+            peak_mb=torch.cuda.max_memory_allocated() / 2**20, start_mb=start,
+            method="cuda_max_allocated",
+        )  # fmt: skip
         return
     reset = False
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
         reset = True
+    start_kb = _vm_rss_kb()
     yield out
     hwm = _vm_hwm_kb()
     if hwm is not None:
-        out.update(peak_mb=hwm / 1024, method="rss_peak" if reset else "rss_peak_since_start")
+        out.update(
+            peak_mb=hwm / 1024, start_mb=start_kb / 1024 if start_kb is not None else None,
+            method="rss_peak" if reset else "rss_peak_since_start",
+        )  # fmt: skip
     else:
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         kb = kb / 1024 if sys.platform == "darwin" else kb
-        out.update(peak_mb=kb / 1024, method="rss_peak_since_start")
+        out.update(peak_mb=kb / 1024, start_mb=None, method="rss_peak_since_start")
 
 
 def _vm_hwm_kb() -> int | None:
@@ -731,7 +808,8 @@ def _lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
 
 
 def validation_loss(model: Any, examples: Sequence[Encoded], pad_id: int, device: str) -> float:
-    """Token-weighted mean loss over labelled tokens of `examples` (eval mode, no grad)."""
+    """Token-weighted mean loss over labelled tokens of `examples` (eval mode, no grad).
+    NaN for no examples; a GateError when the examples have no labelled token to score."""
     if not examples:
         return float("nan")
     torch = setup_torch()
@@ -755,7 +833,12 @@ def validation_loss(model: Any, examples: Sequence[Encoded], pad_id: int, device
             count += int((labels != IGNORE).sum())
     if was_training:
         model.train()
-    return round(total / max(1, count), 6)
+    if count == 0:  # a mean over no tokens is no loss at all, not a loss of 0.0
+        raise GateError(
+            "validation: no example has a labelled token left to score",
+            "Raise max_seq_len, or give the validation rows answers",
+        )
+    return round(total / count, 6)
 
 
 def save_adapter(model: Any, out: Path, base_name: str) -> None:
