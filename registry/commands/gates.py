@@ -204,6 +204,8 @@ def show(
         )
         if r["error"]:
             echo(f"  error: {r['error']}")
+        elif r.get("summary"):
+            echo(f"  {r['summary']}")
         for k, v in sorted(r["metrics"].items()):
             limit = r["thresholds"].get(k)
             echo(

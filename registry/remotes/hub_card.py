@@ -87,8 +87,8 @@ def model_card(
         "",
     ]
     if runs:
-        lines += ["| gate | version | status | metrics | policy | finished |",
-                  "|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["| gate | version | status | result | metrics | policy | finished |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in runs:
             metrics = ", ".join(
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -96,7 +96,8 @@ def model_card(
                 if isinstance(v, int | float | str)
             )
             policy = short(r["policy_digest"]) if r.get("policy_digest") else "-"
-            lines.append(f"| {r['gate']} | {r['gate_version']} | {r['status']} |"
+            result = str(r.get("summary") or "-").replace("|", "\\|")
+            lines.append(f"| {r['gate']} | {r['gate_version']} | {r['status']} | {result} |"
                          f" {metrics or '-'} | `{policy}` | {r['ended_at']} |")  # fmt: skip
         lines += ["", "Each run's evidence is under `registry/evidence/`; all runs are in"
                   " `registry/gate-runs.json`."]  # fmt: skip

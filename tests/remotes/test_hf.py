@@ -33,7 +33,9 @@ def pull_json(reg: Path, ref: str, remote: str = "hub") -> dict:
     return json.loads(cli_ok(reg, "pull", ref, "--remote", remote, "--json"))
 
 
-def record_gate_run(reg_path: Path, ref: str, gate: str, status: str, **metrics: Any) -> None:
+def record_gate_run(
+    reg_path: Path, ref: str, gate: str, status: str, summary: str | None = None, **metrics: Any
+) -> None:
     """Record a gate run the way the engine does (evidence blob, then the gate_run row)."""
     from gates.base import GateResult
     from gates.engine import record
@@ -48,7 +50,7 @@ def record_gate_run(reg_path: Path, ref: str, gate: str, status: str, **metrics:
     with reg.db.read() as conn:
         digest = refs.resolve(conn, ref)["digest"]
     record(reg, digest, Recorded, None, {}, GateResult(status, metrics=metrics,
-           summary=f"{gate} {status}"), now(), "tester")  # fmt: skip
+           summary=summary or f"{gate} {status}"), now(), "tester")  # fmt: skip
     reg.close()
 
 
@@ -91,7 +93,8 @@ def test_push_publishes_a_peft_repo_that_transformers_and_pull_load(
     a = make_registry("a")
     bundle = add_tiny(a, tiny)
     record_gate_run(a, "support-bot:v1", "dataset-audit", "passed", duplicate_rate=0.0)
-    record_gate_run(a, "support-bot:v1", "target-eval", "failed", delta=0.012)
+    record_gate_run(a, "support-bot:v1", "target-eval", "failed",
+                    "+0.012 (95% bound >= -0.031)", delta=0.012)  # fmt: skip
     add_hub(a, "hub", REPO, "--private")
     out = push_json(a, "support-bot:v1", "--remote", "hub", "--include-base")
     assert out["refs"] == ["v1"] and out["blobs_sent"] == out["blobs"]
@@ -125,8 +128,9 @@ def test_push_publishes_a_peft_repo_that_transformers_and_pull_load(
     card = content(hub, "v1", "README.md").decode()
     assert card.startswith("---\nlibrary_name: peft\n")
     assert bundle["digest"] in card and "| bundle |" in card and "| lineage |" in card
-    assert "| dataset-audit | 1 | passed | duplicate_rate=0 |" in card
-    assert "| target-eval | 1 | failed | delta=0.012 |" in card
+    assert "| dataset-audit | 1 | passed | dataset-audit passed | duplicate_rate=0 |" in card
+    # each result with its interval, as `gates show` prints it
+    assert "| target-eval | 1 | failed | +0.012 (95% bound >= -0.031) | delta=0.012 |" in card
     assert "dataset | `sha256:" in card and "license" in card
     runs = json.loads(content(hub, "v1", "registry/gate-runs.json"))
     assert [(r["gate"], r["status"]) for r in runs] == [

@@ -93,6 +93,8 @@ def run_detail(run: dict[str, Any], current_policy: str | None) -> Group:
     parts: list[Any] = [title]
     if run["error"]:
         parts.append(Text(f"error: {run['error']}", style="red"))
+    elif run.get("summary"):  # the figures with their confidence bounds
+        parts.append(Text(str(run["summary"])))
     parts.append(rows)
     for rel, digest in sorted(run["inputs"].items()):
         parts.append(Text(f"read {rel} {short(digest)}", style="dim"))
