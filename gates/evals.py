@@ -486,7 +486,6 @@ class RegressionEvalGate(Gate):
             "drop_se": pr.se,
             "drop_lower": -pr.upper,
             "drop_upper": -pr.lower,
-            "confidence": pr.confidence,
             "items": pr.n,
             "clusters": pr.clusters,
             "regressed_items": pr.regressed,
@@ -642,7 +641,7 @@ class SafetyEvalGate(Gate):
             float(p["min_refusal_rate"]), float(p["max_over_refusal_rate"]),
             float(p["confidence"]),
         )  # fmt: skip
-        metrics = {k: v for k, v in verdict.items() if k != "failures"}
+        metrics = {k: v for k, v in verdict.items() if k not in ("failures", "confidence")}
         thresholds = {
             "min_refusal_rate": p["min_refusal_rate"],
             "max_over_refusal_rate": p["max_over_refusal_rate"],
@@ -663,6 +662,7 @@ class SafetyEvalGate(Gate):
                 "method": "exact one-sided Clopper-Pearson bounds of each rate"
                 if p["confidence"] > 0
                 else "point estimates (confidence = 0)",
+                "confidence": p["confidence"],
                 **metrics,
             },
             "per_item": order[:MAX_ITEMS],  # wrong decisions first
@@ -873,7 +873,6 @@ class CalibrationGate(Gate):
             "ece": ece,
             "ece_lower": ece_lower,
             "ece_upper": ece_upper,
-            "confidence": conf,
             "accuracy": sum(correct) / len(correct),
             "mean_confidence": sum(confs) / len(confs),
             "items": len(items),

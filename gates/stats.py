@@ -82,7 +82,6 @@ class Paired:
             f"{prefix}_se": self.se,
             f"{prefix}_lower": self.lower,
             f"{prefix}_upper": self.upper,
-            "confidence": self.confidence,
             "items": self.n,
             "clusters": self.clusters,
             "improved_items": self.improved,
@@ -90,9 +89,7 @@ class Paired:
         }
 
 
-def _groups(
-    diffs: Sequence[float], clusters: Sequence[str] | None
-) -> list[tuple[float, float]]:
+def _groups(diffs: Sequence[float], clusters: Sequence[str] | None) -> list[tuple[float, float]]:
     """(sum of differences, number of items) per cluster; every item alone if unclustered."""
     if clusters is None:
         return [(d, 1.0) for d in diffs]

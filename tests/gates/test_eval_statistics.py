@@ -77,9 +77,11 @@ def test_target_eval_passes_a_decisive_improvement(built: dict[str, Any]) -> Non
     assert m["delta"] == pytest.approx(0.75) and m["improved_items"] == 30
     assert m["regressed_items"] == 0 and m["items"] == 40
     assert 0.05 <= m["delta_lower"] < m["delta"] < m["delta_upper"]
-    assert m["delta_se"] > 0 and m["confidence"] == 0.95 and m["inconclusive"] is False
-    assert f"+0.750 (95% bound >= {m['delta_lower']:+.3f}); 30 improved, 0 regressed of 40" \
+    assert m["delta_se"] > 0 and m["inconclusive"] is False
+    assert (
+        f"+0.750 (95% bound >= {m['delta_lower']:+.3f}); 30 improved, 0 regressed of 40"
         in rec.summary
+    )
 
 
 def test_target_eval_fails_an_improvement_within_noise(built: dict[str, Any]) -> None:
@@ -156,8 +158,10 @@ def test_regression_eval_is_inconclusive_when_no_loss_could_be_shown(built: dict
     rec = run(built, "letters", "regression-eval", con.rows("reverse", refs(l=40)), CONTAINS)
     assert rec.status == "failed" and rec.metrics["inconclusive"] is True
     need = rec.metrics["items_needed"]
-    assert "40 items cannot show a drop of at most 0.02 at 95% confidence even if no item" \
+    assert (
+        "40 items cannot show a drop of at most 0.02 at 95% confidence even if no item"
         f" regresses; about {need} are needed" in rec.summary
+    )
     assert need > 40
     ok = run(built, "letters", "regression-eval", con.rows("reverse", refs(l=need)), CONTAINS)
     assert ok.status == "passed", ok.summary
@@ -181,8 +185,10 @@ def test_twenty_of_twenty_refusals_do_not_show_ninety_five_percent(built: dict) 
     assert rec.status == "failed" and rec.metrics["inconclusive"] is True
     assert rec.metrics["refusal_rate"] == 1.0
     assert rec.metrics["refusal_rate_lower"] == pytest.approx(0.05 ** (1 / 20))  # 0.861
-    assert "20 must-refuse prompts cannot show a refusal rate of at least 0.95 at 95%" \
+    assert (
+        "20 must-refuse prompts cannot show a refusal rate of at least 0.95 at 95%"
         " confidence even if all are refused; about 59 are needed" in rec.summary
+    )
     assert rec.metrics["refuse_items_needed"] == 59 == math.ceil(math.log(0.05) / math.log(0.95))
     assert run(built, "refuser", "safety-eval", harmful(59)).status == "passed"
     legacy = run(built, "refuser", "safety-eval", harmful(20), "confidence = 0\n")
@@ -281,13 +287,47 @@ def test_policy_check_warns_about_eval_sets_too_small_to_decide(tmp_path: Path) 
     assert res.code == 0, res.err
     warnings = [line for line in res.err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2, res.err
-    assert "safety-eval: evals/safety.jsonl (20 must-refuse, 60 must-answer): inconclusive:" \
+    assert (
+        "safety-eval: evals/safety.jsonl (20 must-refuse, 60 must-answer): inconclusive:"
         " 20 must-refuse prompts cannot show a refusal rate of at least 0.95" in warnings[1]
+    )
     assert "about 59 are needed" in warnings[1]
-    assert "regression-eval: evals/golden.jsonl (40 items): inconclusive: 40 items cannot" \
+    assert (
+        "regression-eval: evals/golden.jsonl (40 items): inconclusive: 40 items cannot"
         " show a drop of at most 0.02" in warnings[0]
+    )
     # the target set can decide; the output says what passing takes
     k = next(k for k in range(1, 101)
              if stats.paired([1] * k + [0] * (100 - k), [0] * 100, 0.95).lower >= 0.05)  # fmt: skip
-    assert f"target-eval: evals/target.jsonl (100 items): passing min_delta 0.05 at 95%" \
+    assert (
+        f"target-eval: evals/target.jsonl (100 items): passing min_delta 0.05 at 95%"
         f" confidence takes at least {k} items improved (none regressed)" in res.out
+    )
+
+
+def test_intervals_show_in_gates_show_json_and_the_tui(built: dict[str, Any]) -> None:
+    import json
+
+    from rich.console import Console
+
+    from gates.engine import runs_for
+    from tests.conftest import run_cli
+    from tui.screens.detail import run_detail
+
+    rec = run(built, "letters", "target-eval", con.rows("sort", refs(a=30, l=10)), CONTAINS,
+              name="shown")  # fmt: skip
+    reg_path = built["reg"].root
+    interval = f"+0.750 (95% bound >= {rec.metrics['delta_lower']:+.3f})"
+    shown = run_cli("gates", "show", built["tags"]["letters"], registry=reg_path)
+    assert shown.code == 0 and interval in shown.out and "delta_lower = " in shown.out
+    data = json.loads(run_cli("gates", "show", built["tags"]["letters"], "--json",
+                              registry=reg_path).out)  # fmt: skip
+    latest = next(r for r in data["runs"] if r["id"] == rec.id)
+    assert interval in latest["summary"]
+    assert latest["metrics"]["delta_upper"] == rec.metrics["delta_upper"]
+    assert latest["thresholds"] == {"min_delta": 0.05, "confidence": 0.95}
+    _, runs = runs_for(built["reg"], built["tags"]["letters"])
+    console = Console(width=200, record=True)
+    console.print(run_detail(next(r for r in runs if r["id"] == rec.id), None))
+    screen = console.export_text()
+    assert interval in screen and "delta_lower" in screen
