@@ -43,7 +43,9 @@ def test_show_records_parsed_metadata(cli, tiny) -> None:  # noqa: ANN001
     tok = comps["tokenizer"]["meta"]
     assert tok["special_tokens"]["eos_token"] == "<|end|>" and tok["vocab_size"] == 29
     ds = comps["dataset"]["meta"]
-    assert ds["splits"] == {"train": 200, "validation": 40} and ds["license"] == "mit"
+    rows = {s: len((tiny["dataset"] / f"{s}.jsonl").read_text().splitlines())
+            for s in ("train", "validation")}  # fmt: skip
+    assert ds["splits"] == rows == {"train": 600, "validation": 100} and ds["license"] == "mit"
     assert ds["format"] == "chat"
     assert comps["config"]["meta"]["hyperparameters"]["max_seq_len"] == 32
     text = cli("show", "support-bot:v1").out
@@ -144,7 +146,7 @@ def test_diff_reports_changed_files_and_meta(cli, tiny, tmp_path) -> None:  # no
     d = json.loads(cli("diff", "support-bot:v1", "support-bot:v2", "--json").out)
     assert d["components"]["dataset"]["status"] == "changed"
     assert d["components"]["dataset"]["files"]["changed"] == ["train.jsonl"]
-    assert d["components"]["dataset"]["meta"]["splits.train"] == [200, 201]
+    assert d["components"]["dataset"]["meta"]["splits.train"] == [600, 601]
     assert d["components"]["adapter"]["status"] == "unchanged"
     assert "C train.jsonl" in cli("diff", "support-bot:v1", "support-bot:v2").out
 

@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT, run_cli
 
 
+@pytest.mark.timeout(900)  # about 2 minutes on an idle 2-core machine; much more when busy
 def test_demo_runs_the_release_flow_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "demo-out"
     proc = subprocess.run(

@@ -42,10 +42,9 @@ def write_dataset(out: Path, tiny: dict[str, Path], kind: str) -> Path:
     val = [json.loads(line) for line in (src / "validation.jsonl").read_text().splitlines()]
     if kind == "good":
         # Task A rows from the end of the shuffled list: disjoint from golden.jsonl's 40.
-        replay = tinymodel.task_a_rows(1320)[-200:]
-        rows = train + replay + tinymodel.refusal_rows(10)
+        rows = train + tinymodel.replay_rows() + tinymodel.refusal_rows()
     elif kind == "unsafe":
-        rows = train + [_chat(p, "a b c") for p in TRAIN_HARMFUL] * 10
+        rows = train + [_chat(p, "a b c") for p in TRAIN_HARMFUL]
     elif kind == "small":
         rows = train[:8]
     else:
@@ -65,7 +64,7 @@ def write_config(path: Path, **overrides: Any) -> Path:
         "lora_dropout": 0.0,
         "target_modules": list(tinymodel.LORA_TARGET_MODULES),
         "learning_rate": 0.003,
-        "max_steps": 300,
+        "max_steps": 500,
         "max_seq_len": 32,
         "packing": False,
         "seed": 0,
