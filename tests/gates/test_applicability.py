@@ -191,3 +191,28 @@ OTHER_GATES = ["target-eval", "regression-eval", "safety-eval", "calibration", "
 def test_other_model_gates_do_not_crash(bundles: Bundles, gate: str, kind: str) -> None:
     rec = bundles.run(kind, gate)
     assert rec.status in ("passed", "failed"), rec.summary
+
+
+def test_answer_scores_of_a_prompt_tuning_bundle_skip_its_virtual_tokens(bundles: Bundles) -> None:
+    """Prompt tuning prepends 4 virtual tokens' logits: calibration's answer log-prob must
+    score the answer's own positions (peft's own loss, which masks them, agrees)."""
+    import torch
+
+    from gates import modeling
+    from gates.engine import materialize
+    from registry.bundles import show
+
+    info = show(bundles.reg, bundles.tags["prompt_tuning"])
+    conv = [{"role": "user", "content": "sort c a b"}, {"role": "assistant", "content": "a b c"}]
+    with materialize(bundles.reg, info["digest"]) as wd:
+        loaded = modeling.load_bundle(wd, info["components"]["base_model"]["meta"])
+        try:
+            (logp,) = loaded.answer_logprobs([conv])
+            enc = modeling.encode_chat(loaded.tokenizer, conv, last_only=True)
+            batch = modeling.collate([enc], loaded.tokenizer.pad_token_id, loaded.device)
+            with torch.no_grad():
+                loss = loaded.model(**batch).loss  # mean over the answer's tokens
+        finally:
+            modeling.free(loaded)
+    answer_tokens = sum(t != modeling.IGNORE for t in enc.labels)
+    assert logp == pytest.approx(-float(loss) * answer_tokens, rel=1e-4)
