@@ -10,6 +10,12 @@ Baselines: `baseline = "base"` is the bundle's own base with the adapter switche
 the bundle that channel holds now is materialized from the store and loaded with its own
 tokenizer and template. A channel that holds nothing yet falls back to the base, which
 the evidence says.
+
+Verdicts judge confidence bounds, not point estimates (gates/stats.py, explained in
+docs/gates-statistics.md): paired per-item differences for target and regression,
+Clopper-Pearson bounds for safety rates, a bootstrap for the ECE. A set too small for
+even a perfect candidate fails as "inconclusive" with the number of items it would need;
+`plan` says the same about a policy before anything runs (`registry policy check`).
 """
 
 from __future__ import annotations
