@@ -981,12 +981,14 @@ def _plan_paired(
         v = judge_improvement([1.0] * n, [0.0] * n, clusters, float(p["min_delta"]), conf, power)
         if v["inconclusive"]:
             return gate, f"{where}: {v['failure']}", False
-        k = next(
-            (k for k in range(1, n + 1)
-             if stats.paired([1.0] * k + [0.0] * (n - k), [0.0] * n, conf, clusters).lower
-             >= float(p["min_delta"]) - 1e-9),
-            n,
-        )  # fmt: skip
+        def passes(k: int) -> bool:  # k items improved, the rest unchanged
+            cand = [1.0] * k + [0.0] * (n - k)
+            return stats.paired(cand, [0.0] * n, conf, clusters).lower >= p["min_delta"] - 1e-9
+
+        lo, k = 0, n  # the bound grows with k: bisect for the smallest k that passes
+        while k - lo > 1:
+            mid = (lo + k) // 2
+            lo, k = (lo, mid) if passes(mid) else (mid, k)
         return gate, (
             f"{where}: passing min_delta {p['min_delta']} at {conf:.0%} confidence takes at"
             f" least {k} items improved (none regressed)"
