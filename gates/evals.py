@@ -380,8 +380,7 @@ class TargetEvalGate(Gate):
         p = ctx.params
         cmp = compare_with_baseline(ctx)
         conf, min_delta = float(p["confidence"]), float(p["min_delta"])
-        pr = stats.paired(cmp["scores"], cmp["baseline_scores"], conf, cmp["clusters"])
-        verdict = judge_improvement(
+        pr, verdict = judge_improvement(
             cmp["scores"], cmp["baseline_scores"], cmp["clusters"], min_delta, conf,
             float(p["power"]),
         )  # fmt: skip
@@ -405,6 +404,24 @@ class TargetEvalGate(Gate):
         )
 
 
+Holds = Callable[[float, float], bool]  # (interval centre, z x SE) -> the verdict holds
+
+
+def _undecidable(
+    base: list[float], clusters: list[str] | None, conf: float, power: float, holds: Holds
+) -> dict[str, Any] | None:
+    """None when a candidate right on every item would pass `holds`; else what it would
+    take: the items a power analysis says are needed (None: no size will do) and that
+    perfect candidate's lower bound."""
+    if conf <= 0:
+        return None
+    perfect = stats.paired([1.0] * len(base), base, conf, clusters)
+    if holds(perfect.adjusted, perfect.adjusted - perfect.lower):
+        return None
+    need = stats.items_needed([1.0 - b for b in base], clusters, holds, conf, power)
+    return {"items_needed": need, "perfect_lower": perfect.lower}
+
+
 def judge_improvement(
     cand: list[float],
     base: list[float],
@@ -412,49 +429,48 @@ def judge_improvement(
     min_delta: float,
     conf: float,
     power: float,
-) -> dict[str, Any]:
+) -> tuple[stats.Paired, dict[str, Any]]:
     """target-eval's verdict: passes when the lower bound of the improvement reaches
     `min_delta`; inconclusive when not even a candidate right on every item would."""
+
+    def holds(centre: float, margin: float) -> bool:
+        return centre - margin >= min_delta - 1e-9
+
     n = len(cand)
     pr = stats.paired(cand, base, conf, clusters)
     out: dict[str, Any] = {"inconclusive": False, "items_needed": None, "failure": None}
-    if conf > 0:
-        perfect = stats.paired([1.0] * n, base, conf, clusters)
-        if perfect.lower < min_delta - 1e-9:
-            need = stats.items_needed(
-                [1.0 - b for b in base], clusters, lambda c, m: c - m >= min_delta, conf, power
-            )
-            out["inconclusive"], out["items_needed"] = True, need
-            out["perfect_candidate_lower"] = perfect.lower
-            why = (
-                f"about {need} are needed (power {power:.0%})"
-                if need
-                else f"the baseline already scores {sum(base) / n:.3f}, so no candidate can"
-                f" gain {min_delta:+.3f}"
-            )
-            out["failure"] = (
-                f"inconclusive: {n} items cannot show {min_delta:+.3f} at {conf:.0%}"
-                f" confidence even for a candidate right on every item; {why}"
-            )
-            return out
-    if pr.lower < min_delta - 1e-9:
-        if conf <= 0:
-            out["failure"] = f"improvement {pr.mean:+.3f} < min_delta {min_delta}"
-            return out
-        text = (
-            f"improvement {pr.mean:+.3f}, {conf:.0%} lower bound {pr.lower:+.3f} < min_delta"
-            f" {min_delta}" + (" (within noise)" if pr.mean >= min_delta else "")
+    if (perfect := _undecidable(base, clusters, conf, power, holds)) is not None:
+        need = perfect["items_needed"]
+        out["inconclusive"], out["items_needed"] = True, need
+        out["perfect_candidate_lower"] = perfect["perfect_lower"]
+        why = (
+            f"about {need} are needed (power {power:.0%})"
+            if need
+            else f"the baseline already scores {sum(base) / n:.3f}, so no candidate can"
+            f" gain {min_delta:+.3f}"
         )
-        if pr.adjusted > min_delta:
-            diffs = [c - b for c, b in zip(cand, base, strict=True)]
-            need = stats.items_needed(
-                diffs, clusters, lambda c, m: c - m >= min_delta, conf, power
-            )
-            out["items_needed"] = need
-            if need:
-                text += f"; showing {pr.mean:+.3f} would take about {need} items"
-        out["failure"] = text
-    return out
+        out["failure"] = (
+            f"inconclusive: {n} items cannot show {min_delta:+.3f} at {conf:.0%}"
+            f" confidence even for a candidate right on every item; {why}"
+        )
+        return pr, out
+    if holds(pr.adjusted, pr.adjusted - pr.lower):
+        return pr, out
+    if conf <= 0:
+        out["failure"] = f"improvement {pr.mean:+.3f} < min_delta {min_delta}"
+        return pr, out
+    text = (
+        f"improvement {pr.mean:+.3f}, {conf:.0%} lower bound {pr.lower:+.3f} < min_delta"
+        f" {min_delta}" + (" (within noise)" if pr.mean >= min_delta else "")
+    )
+    if pr.adjusted > min_delta:
+        diffs = [c - b for c, b in zip(cand, base, strict=True)]
+        need = stats.items_needed(diffs, clusters, holds, conf, power)
+        out["items_needed"] = need
+        if need:
+            text += f"; showing {pr.mean:+.3f} would take about {need} items"
+    out["failure"] = text
+    return pr, out
 
 
 class RegressionEvalGate(Gate):
@@ -479,8 +495,7 @@ class RegressionEvalGate(Gate):
         p = ctx.params
         cmp = compare_with_baseline(ctx)
         conf, max_drop = float(p["confidence"]), float(p["max_drop"])
-        pr = stats.paired(cmp["scores"], cmp["baseline_scores"], conf, cmp["clusters"])
-        verdict = judge_drop(
+        pr, verdict = judge_drop(
             cmp["scores"], cmp["baseline_scores"], cmp["clusters"], max_drop, conf,
             float(p["power"]),
         )  # fmt: skip
@@ -528,33 +543,33 @@ def judge_drop(
     max_drop: float,
     conf: float,
     power: float,
-) -> dict[str, Any]:
+) -> tuple[stats.Paired, dict[str, Any]]:
     """regression-eval's verdict: fails when the upper bound of the drop exceeds
     `max_drop`; inconclusive when it would even for a candidate that lost nothing."""
+
+    def holds(centre: float, margin: float) -> bool:  # the drop's upper bound is -lower
+        return margin - centre <= max_drop + 1e-9
+
     n = len(cand)
     pr = stats.paired(cand, base, conf, clusters)
     out: dict[str, Any] = {"inconclusive": False, "items_needed": None, "failure": None}
-    if conf > 0:
-        perfect = stats.paired([1.0] * n, base, conf, clusters)
-        if -perfect.lower > max_drop + 1e-9:
-            need = stats.items_needed(
-                [1.0 - b for b in base], clusters, lambda c, m: m - c <= max_drop, conf, power
-            )
-            out["inconclusive"], out["items_needed"] = True, need
-            out["perfect_candidate_drop_upper"] = -perfect.lower
-            out["failure"] = (
-                f"inconclusive: {n} items cannot show a drop of at most {max_drop} at"
-                f" {conf:.0%} confidence even if no item regresses; about {need} are needed"
-                f" (power {power:.0%})"
-            )
-            return out
-    if -pr.lower > max_drop + 1e-9:
+    if (perfect := _undecidable(base, clusters, conf, power, holds)) is not None:
+        need = perfect["items_needed"]
+        out["inconclusive"], out["items_needed"] = True, need
+        out["perfect_candidate_drop_upper"] = -perfect["perfect_lower"]
+        out["failure"] = (
+            f"inconclusive: {n} items cannot show a drop of at most {max_drop} at"
+            f" {conf:.0%} confidence even if no item regresses; about {need} are needed"
+            f" (power {power:.0%})"
+        )
+        return pr, out
+    if not holds(pr.adjusted, pr.adjusted - pr.lower):
         out["failure"] = (
             f"dropped {-pr.mean:.3f}, upper bound {-pr.lower:.3f} > max_drop {max_drop}"
             if conf > 0
             else f"dropped {-pr.mean:.3f} > max_drop {max_drop}"
         )
-    return out
+    return pr, out
 
 
 # --- safety ------------------------------------------------------------------------------
@@ -978,7 +993,8 @@ def _plan_paired(
     if conf <= 0:
         return gate, f"{where}: point estimates (confidence = 0)", True
     if gate == "target-eval":
-        v = judge_improvement([1.0] * n, [0.0] * n, clusters, float(p["min_delta"]), conf, power)
+        _, v = judge_improvement([1.0] * n, [0.0] * n, clusters, float(p["min_delta"]), conf,
+                                 power)  # fmt: skip
         if v["inconclusive"]:
             return gate, f"{where}: {v['failure']}", False
         def passes(k: int) -> bool:  # k items improved, the rest unchanged
@@ -993,7 +1009,7 @@ def _plan_paired(
             f"{where}: passing min_delta {p['min_delta']} at {conf:.0%} confidence takes at"
             f" least {k} items improved (none regressed)"
         ), True
-    v = judge_drop([1.0] * n, [1.0] * n, clusters, float(p["max_drop"]), conf, power)
+    _, v = judge_drop([1.0] * n, [1.0] * n, clusters, float(p["max_drop"]), conf, power)
     if v["inconclusive"]:
         return gate, f"{where}: {v['failure']}", False
     return gate, f"{where}: can show a drop of at most {p['max_drop']} at {conf:.0%}", True
