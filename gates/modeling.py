@@ -607,11 +607,12 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _vm_rss_kb() -> int | None:
-    """The process's resident set now (Linux), in kB."""
+def _proc_status_kb(field: str) -> int | None:
+    """A memory figure of this process from /proc/self/status (Linux), in kB: `VmRSS`
+    (resident now) or `VmHWM` (peak resident); None where there is no such file."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         return None
@@ -646,9 +647,9 @@ def peak_memory(device: str) -> Iterator[dict[str, Any]]:
     with contextlib.suppress(OSError):
         Path("/proc/self/clear_refs").write_text("5")
         reset = True
-    start_kb = _vm_rss_kb()
+    start_kb = _proc_status_kb("VmRSS")
     yield out
-    hwm = _vm_hwm_kb()
+    hwm = _proc_status_kb("VmHWM")
     if hwm is not None:
         out.update(
             peak_mb=hwm / 1024, start_mb=start_kb / 1024 if start_kb is not None else None,
@@ -658,16 +659,6 @@ def peak_memory(device: str) -> Iterator[dict[str, Any]]:
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         kb = kb / 1024 if sys.platform == "darwin" else kb
         out.update(peak_mb=kb / 1024, start_mb=None, method="rss_peak_since_start")
-
-
-def _vm_hwm_kb() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 # --- training ----------------------------------------------------------------------------
