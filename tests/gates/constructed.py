@@ -102,15 +102,9 @@ def build(root: Path, *, base_answer: str, adapter_answer: str) -> dict[str, Pat
 
 def register(reg: Any, tiny: dict[str, Path], name: str) -> str:
     """Register the constructed project as a bundle; returns its tag."""
-    from registry import bundles
-    from registry.ingest.stage import stage_bundle
+    from tests.gates.model_fixtures import register_tiny
 
-    comps, _ = stage_bundle(
-        reg, base=str(tiny["base"]), adapter=tiny["adapter"], tokenizer=tiny["tokenizer"],
-        chat_template=tiny["chat_template"], dataset=tiny["dataset"], config=tiny["config"],
-        from_dir=None, full=False, license=None, allow_pickle=False,
-    )  # fmt: skip
-    return bundles.add(reg, name, comps, actor="tester").tag
+    return register_tiny(reg, tiny, name).tag
 
 
 def rows(prompt: str, references: list[str], **extra: Any) -> list[dict[str, Any]]:

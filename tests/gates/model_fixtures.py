@@ -75,6 +75,32 @@ def write_config(path: Path, **overrides: Any) -> Path:
     return path
 
 
+_TINY_ADAPTER = object()  # register_tiny's default: the project's own adapter
+
+
+def register_tiny(
+    reg: Any,
+    tiny: dict[str, Path],
+    name: str,
+    *,
+    adapter: Path | None | object = _TINY_ADAPTER,
+    actor: str = "tester",
+    annotations: dict[str, str] | None = None,
+) -> Any:
+    """Register the tiny project as a bundle (with another adapter directory, or
+    `adapter=None` for a full fine-tune of its base); returns the AddResult."""
+    from registry import bundles
+    from registry.ingest.stage import stage_bundle
+
+    adapter_dir = tiny["adapter"] if adapter is _TINY_ADAPTER else adapter
+    comps, _ = stage_bundle(
+        reg, base=str(tiny["base"]), adapter=adapter_dir, tokenizer=tiny["tokenizer"],
+        chat_template=tiny["chat_template"], dataset=tiny["dataset"], config=tiny["config"],
+        from_dir=None, full=adapter_dir is None, license=None, allow_pickle=False,
+    )  # fmt: skip
+    return bundles.add(reg, name, comps, actor=actor, annotations=annotations or {})
+
+
 def write_policy(root: Path, name: str, text: str) -> Path:
     """A policy file next to the tiny project's evals/ (paths are relative to it)."""
     path = root / name

@@ -97,7 +97,6 @@ def bundles(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
 
     from gates.policy import load_file
     from registry import bundles as bundles_mod
-    from registry.ingest.stage import stage_bundle
     from registry.repo import Registry
 
     root = tmp_path_factory.mktemp("applicability")
@@ -111,14 +110,9 @@ def bundles(tiny: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
     reg = Registry.init(root / "reg")
     tags = {}
     for kind, adapter in adapters.items():
-        comps, _ = stage_bundle(
-            reg, base=str(tiny["base"]), adapter=adapter, tokenizer=tiny["tokenizer"],
-            chat_template=tiny["chat_template"], dataset=tiny["dataset"], config=tiny["config"],
-            from_dir=None, full=adapter is None, license=None, allow_pickle=False,
-        )  # fmt: skip
         annotations = {"adaptation": "full"} if adapter is None else {}
-        tags[kind] = bundles_mod.add(reg, kind.replace("_", "-"), comps, actor=ACTOR,
-                                     annotations=annotations).tag  # fmt: skip
+        tags[kind] = mf.register_tiny(reg, tiny, kind.replace("_", "-"), adapter=adapter,
+                                      actor=ACTOR, annotations=annotations).tag  # fmt: skip
         assert bundles_mod.show(reg, tags[kind])["adaptation"] == kind
     policy = load_file(mf.write_policy(tiny["evals"].parent, "applicability.toml", POLICY))
     yield Bundles(reg, tags, tiny, policy, root)

@@ -93,19 +93,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     import tinymodel
 
     from gates.train import train_bundle
-    from registry import bundles
-    from registry.ingest.stage import stage_bundle
     from registry.repo import Registry
 
     root = tmp_path_factory.mktemp("model-gates")
     tiny = tinymodel.build_tiny_project(root / "tiny", seed=0, pretrain_steps=400, adapter_steps=0)
     reg = Registry.init(root / "reg")
-    comps, _ = stage_bundle(
-        reg, base=str(tiny["base"]), adapter=tiny["adapter"], tokenizer=tiny["tokenizer"],
-        chat_template=tiny["chat_template"], dataset=tiny["dataset"], config=tiny["config"],
-        from_dir=None, full=False, license=None, allow_pickle=False,
-    )  # fmt: skip
-    v1 = bundles.add(reg, "bot", comps, actor=ACTOR)
+    v1 = mf.register_tiny(reg, tiny, "bot", actor=ACTOR)
     good = mf.write_dataset(root / "good", tiny, "good")
     unsafe = mf.write_dataset(root / "unsafe", tiny, "unsafe")
     good_cfg = mf.write_config(root / "good.json")

@@ -60,20 +60,13 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     import tinymodel
 
     from gates.train import train_bundle
-    from registry import bundles
     from registry.channels import promote
-    from registry.ingest.stage import stage_bundle
     from registry.repo import Registry
 
     root = tmp_path_factory.mktemp("rollback-paths")
     tiny = tinymodel.build_tiny_project(root / "tiny", seed=0, pretrain_steps=200)
     reg = Registry.init(root / "reg")
-    comps, _ = stage_bundle(
-        reg, base=str(tiny["base"]), adapter=tiny["adapter"], tokenizer=tiny["tokenizer"],
-        chat_template=tiny["chat_template"], dataset=tiny["dataset"], config=tiny["config"],
-        from_dir=None, full=False, license=None, allow_pickle=False,
-    )  # fmt: skip
-    v1 = bundles.add(reg, "bot", comps, actor=ACTOR).tag
+    v1 = mf.register_tiny(reg, tiny, "bot", actor=ACTOR).tag
     cfg = mf.write_config(root / "other.json", max_steps=10, eval_steps=5)
     v2 = train_bundle(reg, v1, name="bot", config=cfg, actor=ACTOR).tag
     policy = mf.write_policy(tiny["evals"].parent, "rollback.toml", POLICY)

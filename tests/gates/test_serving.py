@@ -60,8 +60,6 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from registry import bundles
-    from registry.ingest.stage import stage_bundle
     from registry.repo import Registry
 
     root = tmp_path_factory.mktemp("serving")
@@ -75,12 +73,7 @@ def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
     reg = Registry.init(root / "reg")
 
     def add(name: str, adapter: Path) -> str:
-        comps, _ = stage_bundle(
-            reg, base=str(tiny["base"]), adapter=adapter, tokenizer=tiny["tokenizer"],
-            chat_template=tiny["chat_template"], dataset=tiny["dataset"], config=tiny["config"],
-            from_dir=None, full=False, license=None, allow_pickle=False,
-        )  # fmt: skip
-        return bundles.add(reg, name, comps, actor=ACTOR).tag
+        return mf.register_tiny(reg, tiny, name, adapter=adapter, actor=ACTOR).tag
 
     yield Serving(root, tiny["evals"].parent, reg, add("bot", tiny["adapter"]),
                   add("prompt-bot", prompt_dir))  # fmt: skip
