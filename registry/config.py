@@ -8,7 +8,6 @@ the registry directory unless `registry.toml` names `database_url` or
 
 from __future__ import annotations
 
-import getpass
 import os
 import tomllib
 from dataclasses import dataclass
@@ -30,20 +29,35 @@ GC_GRACE_SECONDS = 3600
 class RegistryConfig:
     root: Path
     database_url: str
+    signing_key: str | None = None  # path of a PEM private key; $REGISTRY_SIGNING_KEY wins
 
     @property
     def sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
 
 
-def default_actor() -> str:
-    """Who is acting: $REGISTRY_ACTOR, else the login name."""
-    if actor := os.environ.get(ENV_ACTOR):
-        return actor
+ACTOR_HELP = (
+    "A display name shown beside your authenticated identity (default: $REGISTRY_ACTOR);"
+    " it never satisfies a policy's actors."
+)
+
+
+def display_name(flag: str | None = None) -> str:
+    """The display name a user asked for (`--actor`, else $REGISTRY_ACTOR), or "".
+
+    Only shown beside the verified identity (registry.identity); it never satisfies a
+    policy's `actors`."""
+    return (flag or os.environ.get(ENV_ACTOR) or "").strip()[:128]
+
+
+def os_user() -> str:
+    """The operating-system user running this process (the local identity)."""
+    import pwd
+
     try:
-        return getpass.getuser()
-    except Exception:  # no passwd entry in some containers
-        return "unknown"
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # no passwd entry in some containers
+        return f"uid{os.getuid()}"
 
 
 def sqlite_url(root: Path) -> str:
@@ -79,7 +93,10 @@ def load(explicit: Path | None = None) -> RegistryConfig:
             f"{root / CONFIG_FILE} has format {fmt}; this version reads {FORMAT_VERSION}"
         )
     url = os.environ.get(ENV_DATABASE_URL) or data.get("database_url") or sqlite_url(root)
-    return RegistryConfig(root=root, database_url=url)
+    key = data.get("signing_key")
+    if key is not None and not isinstance(key, str):
+        raise UsageError(f"{root / CONFIG_FILE}: signing_key must be a path (a string)")
+    return RegistryConfig(root=root, database_url=url, signing_key=key)
 
 
 def write_config(root: Path, database_url: str | None) -> None:

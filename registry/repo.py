@@ -5,12 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from registry import config
 from registry.db import Database, upgrade
 from registry.errors import UsageError
 from registry.statcache import StatCache
 from registry.store import BlobStore
+
+if TYPE_CHECKING:
+    from registry.identity import Identity
 
 
 @dataclass
@@ -45,6 +49,13 @@ class Registry:
     @cached_property
     def db(self) -> Database:
         return Database(self.cfg.database_url)
+
+    @cached_property
+    def whoami(self) -> Identity:
+        """This process's authenticated identity against this registry (no display name)."""
+        from registry.identity import resolve
+
+        return resolve(self, "")
 
     @cached_property
     def statcache(self) -> StatCache:
