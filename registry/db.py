@@ -24,7 +24,7 @@ from typing import Any
 from registry.errors import RegistryError, SchemaError
 
 # The Alembic head this code expects; tests/test_migrations.py keeps it equal to the head.
-SCHEMA_REVISION = "0001_initial"
+SCHEMA_REVISION = "0002_trust"
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 BUSY_TIMEOUT_S = 60
 _PARAM_RE = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")

@@ -15,6 +15,7 @@ from sqlalchemy import BigInteger, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 DIGEST_LEN = 71  # "sha256:" + 64 hex
+KEY_ID_LEN = 32  # "key:" + 16 hex, with room
 
 
 class Bundle(SQLModel, table=True):
@@ -67,6 +68,12 @@ class Event(SQLModel, table=True):
     policy_digest: str | None = Field(default=None, max_length=DIGEST_LEN)
     forced: bool = False
     created_at: str = Field(max_length=32)
+    # Added in 0002 (docs/design.md, "Trust"): what else an event records, and who signed it.
+    subject: str | None = Field(default=None, max_length=DIGEST_LEN)  # digest it vouches for
+    detail: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    display: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
+    signer: str | None = Field(default=None, max_length=KEY_ID_LEN)
+    signature: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
 
 class AuditHead(SQLModel, table=True):
@@ -97,6 +104,12 @@ class GateRun(SQLModel, table=True):
     actor: str = Field(max_length=128)
     started_at: str = Field(max_length=32)
     ended_at: str = Field(max_length=32)
+    # Added in 0002: the digest of the run's record (what its audit event vouches for), its
+    # signed attestation (a DSSE blob) and signer, and the remote it was pulled from.
+    record_digest: str | None = Field(default=None, max_length=DIGEST_LEN)
+    attestation: str | None = Field(default=None, max_length=DIGEST_LEN)
+    signer: str | None = Field(default=None, max_length=KEY_ID_LEN)
+    origin: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
 
 
 class Setting(SQLModel, table=True):
@@ -114,3 +127,37 @@ class Remote(SQLModel, table=True):
     name: str = Field(primary_key=True, max_length=64)
     url: str = Field(sa_column=Column(Text, nullable=False))
     options: str = Field(default="{}", sa_column=Column(Text, nullable=False))
+
+
+class SigningKeyRow(SQLModel, table=True):
+    """Public keys that signed something here, by identity (`key:<16 hex>`)."""
+
+    __tablename__ = "signing_key"
+
+    id: str = Field(primary_key=True, max_length=KEY_ID_LEN)
+    public_pem: str = Field(sa_column=Column(Text, nullable=False))
+    first_seen: str = Field(max_length=32)
+
+
+class RemoteChannel(SQLModel, table=True):
+    """What a remote said a channel held when last pulled: a read-only tracking view."""
+
+    __tablename__ = "remote_channel"
+
+    remote: str = Field(primary_key=True, max_length=64)
+    name: str = Field(primary_key=True, max_length=128)
+    channel: str = Field(primary_key=True, max_length=64)
+    bundle_digest: str = Field(foreign_key="bundle.digest", max_length=DIGEST_LEN)
+    fetched_at: str = Field(max_length=32)
+
+
+class BundleSignature(SQLModel, table=True):
+    """A model-signing signature of a bundle's exported layout (the blob holds it)."""
+
+    __tablename__ = "bundle_signature"
+
+    bundle_digest: str = Field(primary_key=True, foreign_key="bundle.digest", max_length=DIGEST_LEN)
+    signer: str = Field(primary_key=True, max_length=KEY_ID_LEN)
+    signature_digest: str = Field(max_length=DIGEST_LEN)
+    created_at: str = Field(max_length=32)
+    actor: str = Field(max_length=128)
