@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gates import catalog
 from gates.base import ERROR, FAILED, PASSED, GateContext, GateResult
@@ -28,6 +28,9 @@ from registry.db import now
 from registry.digest import canonical_json
 from registry.errors import GateError, RegistryError
 from registry.repo import Registry
+
+if TYPE_CHECKING:
+    from registry.identity import Identity
 
 # on_event(gate, phase, message): phase is "start", "progress" or the final status.
 EventHook = Callable[[str, str, str], None]
@@ -116,7 +119,7 @@ def run_gates(
     *,
     gate_names: list[str] | None = None,
     channel: str | None = None,
-    actor: str,
+    actor: str | Identity,
     on_event: EventHook | None = None,
 ) -> list[RunRecord]:
     """Run gates on a bundle and record every result; returns the records in run order."""
@@ -171,9 +174,10 @@ def record(
     inputs: dict[str, str],
     result: GateResult,
     started: str,
-    actor: str,
+    actor: str | Identity,
 ) -> RunRecord:
-    """Store the evidence blob, then insert the gate_run row."""
+    """Store the evidence blob, then the gate_run row and its audit event (and, with a
+    signing key, its attestation: registry.gate_runs)."""
     evidence = {
         "gate": cls.name,
         "version": cls.version,
@@ -186,25 +190,23 @@ def record(
         "evidence": result.evidence,
         "error": result.error,
     }
+    from registry import gate_runs
+    from registry.identity import of
+
     ev = reg.store.put_bytes(canonical_json(_jsonable(evidence)))
     env = environment(result.evidence.get("device") if isinstance(result.evidence, dict) else None)
-    with reg.db.write() as conn:
-        conn.execute(
-            "INSERT INTO gate_run (bundle_digest, gate, gate_version, policy_digest, status,"
-            " metrics, thresholds, inputs, environment, evidence_digest, error, actor,"
-            " started_at, ended_at) VALUES (:b, :g, :v, :p, :s, :m, :t, :i, :e, :ev, :err,"
-            " :a, :st, :en)",
-            {
-                "b": digest, "g": cls.name, "v": str(cls.version), "p": policy_digest,
-                "s": result.status, "m": _dumps(result.metrics), "t": _dumps(result.thresholds),
-                "i": _dumps(inputs), "e": _dumps(env), "ev": ev.digest, "err": result.error,
-                "a": actor, "st": started, "en": now(),
-            },
-        )  # fmt: skip
-        run_id = conn.execute(
-            "SELECT MAX(id) FROM gate_run WHERE bundle_digest = :b AND gate = :g",
-            {"b": digest, "g": cls.name},
-        ).scalar()
+    who = of(reg, actor)
+    run_id = gate_runs.insert(
+        reg,
+        who,
+        {
+            "bundle_digest": digest, "gate": cls.name, "gate_version": str(cls.version),
+            "policy_digest": policy_digest, "status": result.status,
+            "metrics": _dumps(result.metrics), "thresholds": _dumps(result.thresholds),
+            "inputs": _dumps(inputs), "environment": _dumps(env), "evidence_digest": ev.digest,
+            "error": result.error, "actor": who.user, "started_at": started, "ended_at": now(),
+        },
+    )  # fmt: skip
     return RunRecord(
         run_id, cls.name, result.status, result.summary, result.metrics, ev.digest, 0.0
     )
@@ -239,20 +241,45 @@ def _dumps(obj: Any) -> str:
 
 
 def runs_for(reg: Registry, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A bundle's gate runs, newest first (for `registry gates show` and the TUI)."""
+    """A bundle's gate runs, newest first (for `registry gates show` and the TUI).
+
+    Each run carries `trust`: whether it can count for a promotion and why not
+    (registry.gate_runs): an edited record never counts; a pulled run counts only for the
+    channels whose `gate_signers` list its signer."""
+    from gates.policy import current
+    from registry import gate_runs
+
+    policy = current(reg, validate=False)
     with reg.db.read() as conn:
         row = refs.resolve(conn, ref)
-        runs = conn.execute(
-            "SELECT id, gate, gate_version, policy_digest, status, metrics, thresholds, inputs,"
-            " environment, evidence_digest, error, actor, started_at, ended_at FROM gate_run"
-            " WHERE bundle_digest = :b ORDER BY id DESC",
-            {"b": row["digest"]},
-        ).dicts()
+        runs = gate_runs.rows_for(conn, row["digest"])
+        for r in runs:
+            r["trust"] = _trust(reg, conn, r, policy)
     for r in runs:
         for key in ("metrics", "thresholds", "inputs", "environment"):
             r[key] = json.loads(r[key])
         r["summary"] = _summary(reg, r["evidence_digest"])
     return row, runs
+
+
+def _trust(reg: Registry, conn: Any, run: dict[str, Any], policy: Policy | None) -> dict[str, Any]:
+    from registry import gate_runs
+
+    if why := gate_runs.vouched(conn, run):
+        return {"counts": False, "why": why}
+    if not run["origin"]:
+        return {"counts": True, "why": "recorded here"}
+    channels = {}
+    for name in policy.channels if policy is not None else ():
+        why = gate_runs.trusted_signer(reg, run, policy.gate_signer_keys(name))
+        channels[name] = why or f"signed by trusted {run['signer']}"
+    counted = [n for n, why in channels.items() if why.startswith("signed by trusted")]
+    return {
+        "counts": bool(counted),
+        "why": f"pulled from {run['origin']}, signed by {run['signer'] or 'nobody'}; counts for "
+        + (", ".join(counted) or "no channel"),
+        "channels": channels,
+    }
 
 
 def _summary(reg: Registry, digest: str | None) -> str | None:

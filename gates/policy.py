@@ -4,10 +4,19 @@
     require = ["dataset-audit", "target-eval"]
     after = "staging"            # must have been in staging first
     actors = ["alice", "bob"]    # who may move this channel (default: anyone)
+    gate_signers = ["keys/ci.pub"]  # pulled gate runs signed by these keys count here
+
+    [admin]
+    actors = ["alice"]           # who may `policy set` and force a move (default: anyone)
 
     [gates.target-eval]
     eval_set = "evals/target.jsonl"
     min_delta = 0.05
+
+`actors` entries are authenticated names (docs/design.md, "Trust"): a PostgreSQL role in
+team mode, an operating-system user locally, or a signing key, named by its identity
+(`key:<16 hex>`) or by a public key file (`keys/alice.pub`). Key files, like eval sets,
+are hashed into the policy digest and stored with it.
 
 Paths are relative to the policy file. Every key has a default declared by its gate; an
 unknown key, channel key or gate name is an error. Keys named `eval_set` / `eval_sets`
@@ -34,7 +43,9 @@ if TYPE_CHECKING:
     from registry.repo import Registry
 
 SCHEMA = "registry.policy.v1"
-CHANNEL_KEYS = {"require", "after", "actors"}
+CHANNEL_KEYS = {"require", "after", "actors", "gate_signers"}
+ADMIN_KEYS = {"actors"}
+KEY_FILE_SUFFIXES = (".pub", ".pem")
 
 
 @dataclass
@@ -43,6 +54,11 @@ class ChannelPolicy:
     require: list[str] = field(default_factory=list)
     after: str | None = None
     actors: list[str] | None = None
+    gate_signers: list[str] = field(default_factory=list)
+
+
+def is_key_file(entry: str) -> bool:
+    return entry.endswith(KEY_FILE_SUFFIXES)
 
 
 @dataclass
@@ -53,6 +69,7 @@ class Policy:
     files: dict[str, str]  # relpath -> digest
     root: Path | None = None  # directory of the policy file; None when read from the store
     blob_path: Any = None  # callable(digest) -> Path, when read from the store
+    admin: list[str] | None = None  # [admin] actors: who may set the policy and force moves
 
     @property
     def toml_digest(self) -> str:
@@ -92,6 +109,37 @@ class Policy:
                 "Add [channels.NAME] to the policy and `registry policy set` it.",
             )
         return self.channels[name]
+
+    def key(self, entry: str) -> Any:
+        """The public key a key-file entry names (registry.keys.PublicKey)."""
+        from registry.keys import public_from_pem
+
+        try:
+            data = self.file(entry).read_bytes()
+        except OSError as exc:
+            raise PolicyError(f"cannot read key file {entry}: {exc.strerror or exc}") from None
+        try:
+            return public_from_pem(data, f"policy key file {entry}")
+        except UsageError as exc:
+            raise PolicyError(str(exc)) from None
+
+    def principals(self, entries: list[str]) -> set[str]:
+        """Authenticated names the entries stand for (key files become key identities)."""
+        return {self.key(e).id if is_key_file(e) else e for e in entries}
+
+    def allowed(self, channel: str) -> set[str] | None:
+        """Who may move `channel` (None: anyone)."""
+        actors = self.channel(channel).actors
+        return None if actors is None else self.principals(actors)
+
+    def admins(self) -> set[str] | None:
+        """Who may set the policy and force a move (None: anyone)."""
+        return None if self.admin is None else self.principals(self.admin)
+
+    def gate_signer_keys(self, channel: str) -> dict[str, Any]:
+        """key id -> PublicKey of the keys whose pulled gate runs count for `channel`."""
+        keys = [self.key(e) for e in self.channel(channel).gate_signers]
+        return {k.id: k for k in keys}
 
     def required_gates(self) -> list[str]:
         """Every gate any channel requires, in the order first named."""
@@ -135,8 +183,16 @@ def parse(
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"policy is not valid TOML: {exc}") from None
-    if extra := set(data) - {"channels", "gates"}:
+    if extra := set(data) - {"channels", "gates", "admin"}:
         raise PolicyError(f"unknown policy section(s): {', '.join(sorted(extra))}")
+    files: dict[str, str] = {}
+    admin = data.get("admin")
+    if admin is not None:
+        if not isinstance(admin, dict):
+            raise PolicyError("[admin] must be a table")
+        if extra := set(admin) - ADMIN_KEYS:
+            raise PolicyError(f"[admin] has unknown key(s): {', '.join(sorted(extra))}")
+        admin = _names(admin.get("actors", []), "[admin] actors", files)
     channels: dict[str, ChannelPolicy] = {}
     for name, section in (data.get("channels") or {}).items():
         try:
@@ -154,19 +210,22 @@ def parse(
             if g not in catalog.entry_points():
                 _unknown_gate(g, f"channels.{name}")
         actors = section.get("actors")
-        if actors is not None and (
-            not isinstance(actors, list) or not all(isinstance(a, str) for a in actors)
-        ):
-            raise PolicyError(f"[channels.{name}] actors must be a list of names")
+        if actors is not None:
+            actors = _names(actors, f"[channels.{name}] actors", files)
+        signers = _names(section.get("gate_signers", []), f"[channels.{name}] gate_signers", files)
+        if bad := [s for s in signers if not is_key_file(s)]:
+            raise PolicyError(
+                f"[channels.{name}] gate_signers must name public key files (.pub or .pem),"
+                f" not {bad[0]!r}"
+            )
         after = section.get("after")
         if after is not None and (not isinstance(after, str) or after == name):
             raise PolicyError(f"[channels.{name}] after must name another channel")
-        channels[name] = ChannelPolicy(name, list(require), after, actors)
+        channels[name] = ChannelPolicy(name, list(require), after, actors, signers)
     for name, ch in channels.items():
         if ch.after is not None and ch.after not in channels:
             raise PolicyError(f"[channels.{name}] after = {ch.after!r}, which the policy lacks")
     gates: dict[str, dict[str, Any]] = {}
-    files: dict[str, str] = {}
     for gate, section in (data.get("gates") or {}).items():
         if not isinstance(section, dict):
             raise PolicyError(f"[gates.{gate}] must be a table")
@@ -208,7 +267,17 @@ def parse(
             if not path.is_file():
                 raise PolicyError(f"policy names {rel}, which does not exist next to the policy")
             files[rel] = sha256_bytes(path.read_bytes())
-    return Policy(text, channels, gates, files, root)
+    return Policy(text, channels, gates, files, root, admin=admin)
+
+
+def _names(value: Any, where: str, files: dict[str, str]) -> list[str]:
+    """A list of actor names or key files; key files join the policy's hashed files."""
+    if not isinstance(value, list) or not all(isinstance(a, str) and a for a in value):
+        raise PolicyError(f"{where} must be a list of names or public key files")
+    for entry in value:
+        if is_key_file(entry):
+            files[check_relpath_policy(entry)] = ""
+    return list(value)
 
 
 def check_relpath_policy(rel: str) -> str:
@@ -241,12 +310,29 @@ def load_file(path: Path) -> Policy:
 SETTING_KEY = "policy"
 
 
-def store(reg: Registry, policy: Policy, *, actor: str, reason: str = "") -> bool:
+def store(reg: Registry, policy: Policy, *, actor: Any, reason: str = "") -> bool:
     """Make `policy` the registry's policy: blobs first, then the setting and an audit event.
 
-    Returns False when that exact policy is already in force (nothing is recorded).
+    Only an admin of the policy in force may replace it (`[admin] actors`; anyone when it
+    has none, or when no policy is set yet). Returns False when that exact policy is
+    already in force (nothing is recorded).
     """
     from registry import audit
+    from registry.errors import BlockedError
+    from registry.identity import of
+
+    who = of(reg, actor)
+    in_force = current(reg, validate=False)
+    admins = in_force.admins() if in_force is not None else None
+    if admins is not None and not (who.names() & admins):
+        raise BlockedError(
+            f"{who.describe()} may not change the policy (admins: {', '.join(sorted(admins))})",
+            "Ask an admin; --actor and $REGISTRY_ACTOR are display names only.",
+        )
+    policy.principals(policy.admin or [])  # key files must be keys before they are stored
+    for ch in policy.channels.values():
+        policy.principals(ch.actors or [])
+        policy.gate_signer_keys(ch.name)
 
     if policy.root is None:
         raise PolicyError("only a policy read from a file can be set")
@@ -258,12 +344,12 @@ def store(reg: Registry, policy: Policy, *, actor: str, reason: str = "") -> boo
     reg.store.put_bytes(policy.text.encode("utf-8"))
     reg.store.put_bytes(canonical_json(policy.manifest()))
     with reg.db.write() as conn:
-        current = conn.execute(
+        in_place = conn.execute(
             "SELECT value FROM setting WHERE key = :k", {"k": SETTING_KEY}
         ).scalar()
-        if current == policy.digest:
+        if in_place == policy.digest:
             return False
-        if current is None:
+        if in_place is None:
             conn.execute(
                 "INSERT INTO setting (key, value) VALUES (:k, :v)",
                 {"k": SETTING_KEY, "v": policy.digest},
@@ -274,7 +360,7 @@ def store(reg: Registry, policy: Policy, *, actor: str, reason: str = "") -> boo
                 {"k": SETTING_KEY, "v": policy.digest},
             )
         audit.append(
-            conn, "policy", actor=actor, reason=reason or "policy set", policy_digest=policy.digest
+            conn, "policy", who=who, reason=reason or "policy set", policy_digest=policy.digest
         )
     return True
 
@@ -323,4 +409,5 @@ def info(reg: Registry) -> dict[str, Any] | None:
         "text": policy.text,
         "files": policy.files,
         "channels": {n: vars(c) for n, c in policy.channels.items()},
+        "admin": policy.admin,
     }

@@ -705,6 +705,6 @@ def reuse_components(
 
 
 def _actor() -> str:
-    from registry.config import default_actor
+    from registry.config import display_name
 
-    return default_actor()
+    return display_name()

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry import refs
+from registry import audit, refs, tracking
 from registry.db import DBIntegrityError, now
 from registry.digest import Descriptor
 from registry.errors import IntegrityError, InvalidInputError
+from registry.identity import Identity, of
 from registry.ingest.common import Staged
 from registry.manifest import KINDS, BundleManifest, ComponentManifest, FileEntry, check_name
 from registry.repo import Registry
@@ -91,7 +92,7 @@ def add(
     *,
     parent: str | None = None,
     annotations: dict[str, str] | None = None,
-    actor: str,
+    actor: str | Identity,
     progress: ProgressFactory | None = None,
 ) -> AddResult:
     """Register a bundle of staged components; identical content returns the existing one."""
@@ -115,8 +116,10 @@ def add(
     return _insert(reg, bundle, digest, size, actor)
 
 
-def _insert(reg: Registry, bundle: BundleManifest, digest: str, size: int, actor: str) -> AddResult:
-
+def _insert(
+    reg: Registry, bundle: BundleManifest, digest: str, size: int, actor: str | Identity
+) -> AddResult:
+    who = of(reg, actor)
     for _attempt in range(10):
         try:
             with reg.db.write() as conn:
@@ -142,7 +145,7 @@ def _insert(reg: Registry, bundle: BundleManifest, digest: str, size: int, actor
                         "p": bundle.parent,
                         "s": size,
                         "t": now(),
-                        "a": actor,
+                        "a": who.user,
                     },
                 )
                 for kind, desc in bundle.components.items():
@@ -151,10 +154,20 @@ def _insert(reg: Registry, bundle: BundleManifest, digest: str, size: int, actor
                         " VALUES (:b, :k, :d, :s)",
                         {"b": digest, "k": kind, "d": desc.digest, "s": desc.size},
                     )
+                tag_event(conn, who, bundle.name, version, digest)
                 return AddResult(digest, bundle.name, version, created=True)
         except DBIntegrityError:
             continue  # a concurrent add took this version number (PostgreSQL): try the next
     raise IntegrityError(f"could not assign a version to {bundle.name} after 10 attempts")
+
+
+def tag_event(conn: Any, who: Identity, name: str, version: int, digest: str) -> None:
+    """The audit record of a version tag (name, version -> digest), in the insert's
+    transaction, so re-pointing `name:vN` outside the registry is caught."""
+    audit.append(
+        conn, "tag", who=who, name=name, to_digest=digest, subject=digest,
+        detail={"version": int(version)}, reason=f"{name}:v{version}",
+    )  # fmt: skip
 
 
 # --- reading -----------------------------------------------------------------------------
@@ -179,10 +192,14 @@ def list_bundles(reg: Registry, name: str | None = None) -> list[dict[str, Any]]
         held: dict[str, list[str]] = {}
         for r in conn.execute(f"SELECT channel, bundle_digest FROM channel{where}", {"n": name}):
             held.setdefault(r[1], []).append(r[0])
+        tracked: dict[str, list[str]] = {}
+        for t in tracking.views(conn, name):
+            tracked.setdefault(t["bundle_digest"], []).append(t["view"])
         gates = gate_summary(conn)
     for r in out:
         r["tag"] = f"{r['name']}:v{r['version']}"
         r["channels"] = sorted(held.get(r["digest"], []))
+        r["remote_channels"] = tracked.get(r["digest"], [])  # read-only REMOTE/CHANNEL views
         r["gates"] = gates.get(r["digest"], {})
     return out
 
@@ -226,6 +243,11 @@ def show(reg: Registry, ref: str) -> dict[str, Any]:
                 {"d": row["digest"]},
             )
         ]
+        remote_channels = [
+            t["view"]
+            for t in tracking.views(conn, row["name"])
+            if t["bundle_digest"] == row["digest"]
+        ]
     manifest = load_bundle(reg, row["digest"])
     components = {}
     for kind, desc in manifest.components.items():
@@ -242,6 +264,7 @@ def show(reg: Registry, ref: str) -> dict[str, Any]:
         "tag": f"{row['name']}:v{row['version']}",
         "annotations": manifest.annotations,
         "channels": channels,
+        "remote_channels": remote_channels,
         "lineage": lineage,
         "adaptation": adaptation(components, manifest.annotations),
         "components": components,

@@ -7,6 +7,11 @@ row (SELECT ... FOR UPDATE on PostgreSQL; BEGIN IMMEDIATE on SQLite) and refuses
 with a ConflictError naming the winner if the channel moved in between. Of two concurrent
 promotions exactly one wins.
 
+Every move checks who acts against the policy (docs/design.md, "Trust"): the actor is the
+authenticated identity (registry.identity), never a display name; a forced move also needs
+an admin of the policy. `promote` and `rollback` are the only writers of the channel table:
+a pull records a remote-tracking view instead (registry.tracking).
+
 Rollback imports nothing heavy: it needs the database, the store and the policy's
 channel section only.
 """
@@ -16,9 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from registry import audit, refs
+from registry import audit, gate_runs, refs
 from registry.db import Connection, DBIntegrityError, now
 from registry.errors import BlockedError, ConflictError, IntegrityError, UsageError
+from registry.identity import Identity, of
 from registry.repo import Registry
 
 if TYPE_CHECKING:
@@ -52,6 +58,7 @@ class Requirement:
     run_id: int | None = None
     at: str | None = None
     summary: str = ""
+    note: str = ""  # runs that do not count, and why (untrusted signer, edited record)
 
 
 class GatesBlockedError(BlockedError):
@@ -99,14 +106,16 @@ def _tag(conn: Connection, digest: str | None) -> str | None:
 
 def _conflict(conn: Connection, name: str, channel: str) -> ConflictError:
     ev = conn.execute(
-        "SELECT action, actor, to_digest, created_at FROM event WHERE name = :n AND channel = :c"
+        "SELECT action, actor, display, to_digest, created_at FROM event"
+        " WHERE name = :n AND channel = :c"
         " ORDER BY seq DESC LIMIT 1",
         {"n": name, "c": channel},
     ).first()
     if ev is None:
         return ConflictError(f"{name}:{channel} changed while this move was being made")
     return ConflictError(
-        f"{name}:{channel} was moved first: {ev.actor} {ev.action}d it to"
+        f"{name}:{channel} was moved first:"
+        f" {ev.actor}{f' as {ev.display!r}' if ev.display else ''} {ev.action}d it to"
         f" {_tag(conn, ev.to_digest)} at {ev.created_at}"
     )
 
@@ -119,7 +128,7 @@ def _move(
     channel: str,
     to_digest: str,
     expect: Expect,
-    actor: str,
+    who: Identity,
     reason: str,
     policy_digest: str | None,
     forced: bool,
@@ -131,7 +140,7 @@ def _move(
             if now_state != expect:
                 raise _conflict(conn, name, channel)
             ev = audit.append(
-                conn, action, actor=actor, reason=reason, name=name, channel=channel,
+                conn, action, who=who, reason=reason, name=name, channel=channel,
                 from_digest=expect.digest, to_digest=to_digest, policy_digest=policy_digest,
                 forced=forced,
             )  # fmt: skip
@@ -159,32 +168,79 @@ def _move(
     return MoveResult(name, channel, action, expect.digest, to_digest, to_tag, ev["digest"], forced)
 
 
-def _check_actor(policy: Policy | None, channel: str, actor: str) -> None:
-    if policy is None or channel not in policy.channels:
+def _display_note(who: Identity, allowed: set[str]) -> str:
+    if who.display and who.display in allowed:
+        return f" ({who.display!r} is only a display name: --actor and $REGISTRY_ACTOR never count)"
+    return ""
+
+
+def check_actor(policy: Policy | None, channel: str, who: Identity, *, forced: bool) -> None:
+    """Refuse unless `who` may move `channel`; a forced move also needs an admin."""
+    if policy is None:
         return
-    allowed = policy.channels[channel].actors
-    if allowed is not None and actor not in allowed:
+    if channel in policy.channels:
+        allowed = policy.allowed(channel)
+        if allowed is not None and not (who.names() & allowed):
+            raise BlockedError(
+                f"{who.describe()} may not move channel {channel!r} (allowed:"
+                f" {', '.join(sorted(allowed))}){_display_note(who, allowed)}",
+                "Ask one of them, or change `actors` in the policy.",
+            )
+    admins = policy.admins()
+    if forced and admins is not None and not (who.names() & admins):
         raise BlockedError(
-            f"{actor!r} may not move channel {channel!r} (allowed: {', '.join(allowed)})",
-            "Ask one of them, or change `actors` in the policy.",
+            f"{who.describe()} may not force a move (only admins may:"
+            f" {', '.join(sorted(admins))}){_display_note(who, admins)}",
+            "Run the missing gates instead, or ask an admin.",
         )
 
 
 def requirements(reg: Registry, digest: str, channel: str, policy: Policy) -> list[Requirement]:
-    """Each gate the channel requires, with the latest run's status under this policy."""
+    """Each gate the channel requires, with the newest run under this policy that counts.
+
+    A run counts when an intact audit event vouches for its record (registry.gate_runs)
+    and, if it was pulled from a remote, a key in the channel's `gate_signers` signed it.
+    Runs that do not count neither pass nor block; the requirement's note says why."""
+    signers = policy.gate_signer_keys(channel)
     out = []
     with reg.db.read() as conn:
+        rows = [r for r in gate_runs.rows_for(conn, digest) if r["policy_digest"] == policy.digest]
         for gate in policy.channel(channel).require:
-            run = conn.execute(
-                "SELECT id, status, ended_at, error FROM gate_run WHERE bundle_digest = :b"
-                " AND gate = :g AND policy_digest = :p ORDER BY id DESC LIMIT 1",
-                {"b": digest, "g": gate, "p": policy.digest},
-            ).first()
-            if run is None:
-                out.append(Requirement(gate, "missing"))
+            notes: list[str] = []
+            chosen = None
+            for r in (r for r in rows if r["gate"] == gate):
+                why = gate_runs.vouched(conn, r)
+                if why is None and r["origin"]:
+                    why = gate_runs.trusted_signer(reg, r, signers)
+                if why is None:
+                    chosen = r
+                    break
+                notes.append(f"run #{r['id']} does not count: {why}")
+            note = "; ".join(notes)
+            if chosen is None:
+                out.append(Requirement(gate, "missing", note=note))
             else:
-                out.append(Requirement(gate, run.status, run.id, run.ended_at, run.error or ""))
+                out.append(Requirement(
+                    gate, chosen["status"], chosen["id"], chosen["ended_at"],
+                    chosen["error"] or "", note=note,
+                ))  # fmt: skip
     return out
+
+
+def runs_missing(conn: Connection, digest: str) -> str | None:
+    """Whether gate runs of the bundle were deleted outside the registry."""
+    rows = conn.execute(
+        "SELECT COUNT(*) FROM gate_run WHERE bundle_digest = :b", {"b": digest}
+    ).scalar()
+    events = conn.execute(
+        "SELECT COUNT(*) FROM event WHERE action = 'gate-run' AND to_digest = :b", {"b": digest}
+    ).scalar()
+    if rows != events:
+        return (
+            f"the audit log records {events} gate run(s) of this bundle but the database holds"
+            f" {rows} (run `registry audit verify`)"
+        )
+    return None
 
 
 def was_in(conn: Connection, name: str, channel: str, digest: str) -> bool:
@@ -199,16 +255,20 @@ def was_in(conn: Connection, name: str, channel: str, digest: str) -> bool:
 
 
 def check_promotion(
-    reg: Registry, ref: str, channel: str, policy: Policy, actor: str
+    reg: Registry, ref: str, channel: str, policy: Policy, actor: str | Identity,
+    *, force: bool = False,
 ) -> tuple[dict[str, Any], list[Requirement], list[str]]:
     """The bundle, the gate requirements and any other reasons the move is blocked."""
     refs.check_channel(channel)
     with reg.db.read() as conn:
         bundle = refs.resolve(conn, ref)
+        deleted = runs_missing(conn, bundle["digest"])
     ch = policy.channel(channel)
-    _check_actor(policy, channel, actor)
+    check_actor(policy, channel, of(reg, actor), forced=False)
     reqs = requirements(reg, bundle["digest"], channel, policy)
     blockers = [f"{r.gate}: {r.status}" for r in reqs if r.status != "passed"]
+    if deleted:
+        blockers.append(deleted)
     if ch.after is not None:
         with reg.db.read() as conn:
             if not was_in(conn, bundle["name"], ch.after, bundle["digest"]):
@@ -221,14 +281,18 @@ def promote(
     ref: str,
     channel: str,
     *,
-    actor: str,
+    actor: str | Identity,
     reason: str = "",
     force: bool = False,
     expect: Expect | None = None,
 ) -> MoveResult:
-    """Move `channel` to the bundle `ref` if the policy in force is satisfied."""
+    """Move `channel` to the bundle `ref` if the policy in force is satisfied.
+
+    `actor` is an Identity, or a display name for this process's authenticated identity.
+    """
     from gates.policy import current as current_policy
 
+    who = of(reg, actor)
     policy = current_policy(reg, validate=False)
     refs.check_channel(channel)
     if policy is None:
@@ -242,9 +306,11 @@ def promote(
         reqs: list[Requirement] = []
         blockers = ["no policy"]
     else:
-        bundle, reqs, blockers = check_promotion(reg, ref, channel, policy, actor)
+        bundle, reqs, blockers = check_promotion(reg, ref, channel, policy, who)
     if force and not reason:
         raise UsageError("--force needs --reason: forced moves are recorded with why")
+    if force and blockers:
+        check_actor(policy, channel, who, forced=True)
     if blockers and not force:
         exc = GatesBlockedError(
             f"{bundle['name']}:v{bundle['version']} may not enter {channel}: "
@@ -269,7 +335,7 @@ def promote(
         )
     return _move(
         reg, action="promote", name=bundle["name"], channel=channel, to_digest=bundle["digest"],
-        expect=expect, actor=actor, reason=reason, forced=bool(force and blockers),
+        expect=expect, who=who, reason=reason, forced=bool(force and blockers),
         policy_digest=policy.digest if policy else None,
     )  # fmt: skip
 
@@ -289,7 +355,7 @@ def rollback(
     target: str,
     *,
     reason: str,
-    actor: str,
+    actor: str | Identity,
     to: str | None = None,
     verify: bool = False,
     force: bool = False,
@@ -298,6 +364,8 @@ def rollback(
     """Return `name:channel` to the bundle it held before (or `to`), after checking its blobs."""
     from gates.policy import current as current_policy
 
+    who = of(reg, actor)
+    forced = False
     if not reason or not reason.strip():
         raise UsageError("rollback needs --reason: say why, it goes in the audit log")
     name, channel = refs.parse_channel(target)
@@ -309,11 +377,13 @@ def rollback(
             dest = refs.resolve(conn, to)
             if dest["name"] != name:
                 raise UsageError(f"{to} is a bundle of {dest['name']}, not of {name}")
-            if not force and not was_in(conn, name, channel, dest["digest"]):
-                raise UsageError(
-                    f"{dest['name']}:v{dest['version']} was never in {channel}",
-                    "Roll back only to a bundle the channel held, or add --force.",
-                )
+            if not was_in(conn, name, channel, dest["digest"]):
+                if not force:
+                    raise UsageError(
+                        f"{dest['name']}:v{dest['version']} was never in {channel}",
+                        "Roll back only to a bundle the channel held, or add --force.",
+                    )
+                forced = True
             dest_digest = dest["digest"]
         else:
             prev = previous(conn, name, channel, now_state.digest)
@@ -326,11 +396,11 @@ def rollback(
         if dest_digest == now_state.digest:
             raise UsageError(f"{name}:{channel} already holds {_tag(conn, dest_digest)}")
     policy = current_policy(reg, validate=False)
-    _check_actor(policy, channel, actor)
+    check_actor(policy, channel, who, forced=forced)
     check_blobs(reg, dest_digest, rehash=verify)
     return _move(
         reg, action="rollback", name=name, channel=channel, to_digest=dest_digest,
-        expect=expect or now_state, actor=actor, reason=reason, forced=force,
+        expect=expect or now_state, who=who, reason=reason, forced=forced,
         policy_digest=policy.digest if policy else None,
     )  # fmt: skip
 
@@ -354,27 +424,6 @@ def check_blobs(reg: Registry, digest: str, *, rehash: bool) -> None:
         )
 
 
-def adopt(reg: Registry, name: str, channel: str, digest: str, *, actor: str, reason: str) -> bool:
-    """Move a local channel to `digest` as a pulled remote says (audited "sync" event)."""
-    refs.check_channel(channel)
-    now_state = read_state(reg, name, channel)
-    if now_state.digest == digest:
-        return False
-    _move(
-        reg,
-        action="sync",
-        name=name,
-        channel=channel,
-        to_digest=digest,
-        expect=now_state,
-        actor=actor,
-        reason=reason,
-        policy_digest=None,
-        forced=False,
-    )
-    return True
-
-
 def history(reg: Registry, target: str, limit: int | None = None) -> list[dict[str, Any]]:
     """The moves of `name:channel`, newest first, with version tags."""
     name, channel = refs.parse_channel(target)
@@ -385,7 +434,8 @@ def history(reg: Registry, target: str, limit: int | None = None) -> list[dict[s
         ).first()
         if exists is None:
             known = [r[0] for r in conn.execute(
-                "SELECT DISTINCT channel FROM event WHERE name = :n ORDER BY channel",
+                "SELECT DISTINCT channel FROM event WHERE name = :n AND channel IS NOT NULL"
+                " ORDER BY channel",
                 {"n": name})]  # fmt: skip
             raise UsageError(
                 f"{name}:{channel} has no history (channels of {name}:"
@@ -394,7 +444,8 @@ def history(reg: Registry, target: str, limit: int | None = None) -> list[dict[s
         lim = f" LIMIT {int(limit)}" if limit else ""
         rows = conn.execute(
             "SELECT e.seq, e.digest, e.action, e.from_digest, e.to_digest, e.actor, e.reason,"
-            " e.policy_digest, e.forced, e.created_at, fb.version AS from_version,"
+            " e.policy_digest, e.forced, e.created_at, e.display, e.signer,"
+            " fb.version AS from_version,"
             " tb.version AS to_version FROM event e"
             " LEFT JOIN bundle fb ON fb.digest = e.from_digest"
             " LEFT JOIN bundle tb ON tb.digest = e.to_digest"

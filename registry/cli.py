@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
+from registry.config import ACTOR_HELP
 from registry.errors import RegistryError, UsageError
 from registry.output import echo, emit_json, err, human_size, table
 
@@ -61,9 +62,10 @@ def open_registry() -> Any:
 
 
 def actor_or_default(actor: str | None) -> str:
-    from registry.config import default_actor
+    """The display name for this command (who acts is authenticated: registry.identity)."""
+    from registry.config import display_name
 
-    return actor or default_actor()
+    return display_name(actor)
 
 
 # --- init / add ---------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def add(
         list[str] | None, typer.Option("--annotation", "-a", help="KEY=VALUE, repeatable.")
     ] = None,
     actor: Annotated[
-        str | None, typer.Option(help="Who adds it (default: $REGISTRY_ACTOR or login).")
+        str | None, typer.Option(help=ACTOR_HELP)
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -176,7 +178,8 @@ def ls_cmd(
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """List bundles, newest version first, with the channels that hold them."""
+    """List bundles, newest version first, with the channels that hold them (and the
+    read-only remote-tracking views, as REMOTE/CHANNEL, that name them)."""
     from registry import bundles
 
     if remote is not None:
@@ -211,12 +214,14 @@ def ls_cmd(
                     human_size(r["size"]),
                     r["created_at"][:19].replace("T", " "),
                     gate_counts(r["gates"]),
-                    ",".join(r["channels"]),
+                    ",".join(r["channels"] + r["remote_channels"]),
                 )
                 for r in items
             ],
         )
     )
+    if any(r["remote_channels"] for r in items):
+        echo("REMOTE/CHANNEL: remote-tracking view (read-only), as of the last pull")
 
 
 def gate_counts(counts: dict[str, int]) -> str:
@@ -268,33 +273,67 @@ def verify(
     all_: Annotated[
         bool, typer.Option("--all", help="Every bundle and every stored blob.")
     ] = False,
+    signed_by: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--signed-by",
+            help="Also check REF's model-signing signature by this public key (repeatable).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Re-hash blobs; report every corrupt or missing one (exit 1 if any)."""
+    """Re-hash blobs; report every corrupt or missing one (exit 1 if any); check signatures."""
     from registry.verify import verify as run_verify
 
     if (ref is None) == (not all_):
         raise UsageError("give a bundle reference or --all")
+    if signed_by and ref is None:
+        raise UsageError("--signed-by checks one bundle: give a bundle reference")
+    public_keys = []
+    if signed_by:
+        from registry.keys import load_public
+
+        public_keys = [load_public(p) for p in signed_by]
     reg = open_registry()
-    report = run_verify(reg, ref, all_blobs=all_)
-    reg.close()
+    try:
+        report = run_verify(reg, ref, all_blobs=all_)
+        signatures: list[dict[str, Any]] = []
+        failure: RegistryError | None = None
+        if public_keys:
+            from registry.errors import IntegrityError
+            from registry.signing import verify as verify_signature
+
+            for pub in public_keys:
+                try:
+                    signatures.append({"ok": True, **verify_signature(reg, ref, pub)})
+                except IntegrityError as exc:
+                    failure = failure or exc
+                    signatures.append({"ok": False, "signer": pub.id, "error": exc.one_line()})
+    finally:
+        reg.close()
     if json_out:
-        emit_json(
-            {
-                "ok": report.ok,
-                "checked": report.checked,
-                "problems": [
-                    {"digest": p.digest, "reason": p.reason, "where": p.where}
-                    for p in report.problems
-                ],
-            }
-        )
+        out: dict[str, Any] = {
+            "ok": report.ok and failure is None,
+            "checked": report.checked,
+            "problems": [
+                {"digest": p.digest, "reason": p.reason, "where": p.where}
+                for p in report.problems
+            ],
+        }
+        if public_keys:
+            out["signatures"] = signatures
+        emit_json(out)
     else:
         for p in report.problems:
             echo(f"BAD  {p.digest}  {p.reason}  ({p.where})")
         status = "ok" if report.ok else f"{len(report.problems)} problem(s)"
         echo(f"verified {report.checked} blobs ({human_size(report.bytes)}): {status}")
-    if not report.ok:
+        for s in signatures:
+            if s["ok"]:
+                echo(f"signed by {s['signer']}: ok ({s['files']} files, {s['signed_at'][:19]})")
+    if failure is not None and not json_out:
+        raise failure
+    if not report.ok or failure is not None:
         raise typer.Exit(1)
 
 
@@ -334,13 +373,15 @@ def export(
     echo(f"exported {info['tag']} ({info['files']} files, {human_size(info['bytes'])}) to {dest}")
     if info["base"]:
         echo(f"base model: {info['base']}")
+    if info.get("signed_by"):
+        echo(f"signature: {dest / 'registry' / 'model.sig'} (by {info['signed_by']})")
 
 
 def _register_groups() -> None:
     # Command groups kept in their own modules; importing them is cheap (typer only).
-    from registry.commands import gates, policy, release, remote, tui
+    from registry.commands import gates, policy, release, remote, trust, tui
 
-    for group in (release, policy, gates, remote, tui):
+    for group in (release, policy, gates, remote, trust, tui):
         group.register(app)
 
 

@@ -39,7 +39,10 @@ class RegistryNotFoundError(UsageError):
 
 
 class InvalidReferenceError(UsageError):
-    hint = "References look like name:v3, name:production, name@sha256:<8+ hex> or sha256:<hex>."
+    hint = (
+        "References look like name:v3, name:production, name:remote/production,"
+        " name@sha256:<8+ hex> or sha256:<hex>."
+    )
 
 
 class ReferenceNotFoundError(UsageError):

@@ -50,6 +50,8 @@ def render_show(info: dict[str, Any]) -> str:
         f"  channels  {', '.join(info['channels']) or '-'}",
         f"  adapts    {info['adaptation']}",
     ]
+    if info.get("remote_channels"):
+        lines.insert(4, f"  remote    {', '.join(info['remote_channels'])} (read-only tracking)")
     if info["lineage"]:
         chain = " <- ".join(p["tag"] or p["digest"][:19] for p in info["lineage"])
         lines.append(f"  lineage   {chain}")
@@ -80,3 +82,9 @@ def render_diff(d: dict[str, Any]) -> str:
     if "annotations" in d:
         lines.append(f"  annotations: {_fmt(d['annotations'][0])} -> {_fmt(d['annotations'][1])}")
     return "\n".join(lines)
+
+
+def who(row: dict[str, Any]) -> str:
+    """An event's WHO: the authenticated actor, its display name, its key if signed."""
+    text = row["actor"] + (f' "{row["display"]}"' if row.get("display") else "")
+    return text + (f" [{row['signer']}]" if row.get("signer") else "")

@@ -3,6 +3,8 @@
 support-bot                 the newest version of a name
 support-bot:v3              version tag, assigned in order by `registry add`
 support-bot:production      channel (a mutable tag with history)
+support-bot:team/production remote-tracking view: what remote `team` said its production
+                            channel held at the last pull (read-only; never a destination)
 support-bot@sha256:4f2a...  exact bundle; a unique prefix of 8+ hex is accepted
 sha256:4f2a...              exact bundle by digest alone
 """
@@ -19,6 +21,7 @@ from registry.errors import (
     ReferenceNotFoundError,
 )
 from registry.manifest import NAME_RE
+from registry.remotes.base import NAME_RE as REMOTE_RE
 
 if TYPE_CHECKING:
     from registry.db import Connection
@@ -36,19 +39,36 @@ class Ref:
     version: int | None = None
     channel: str | None = None
     prefix: str | None = None  # "sha256:<hex>", 8 to 64 hex
+    remote: str | None = None  # NAME:REMOTE/CHANNEL: a remote-tracking view (read-only)
+    remote_channel: str | None = None  # its CHANNEL; `channel` stays None: not a local one
 
     @property
     def tag(self) -> str | None:
+        if self.remote is not None:
+            return f"{self.remote}/{self.remote_channel}"
         return f"v{self.version}" if self.version is not None else self.channel
 
 
 def check_channel(channel: str) -> str:
+    """A local channel name: a plain word; `REMOTE/CHANNEL` views are read-only."""
+    if isinstance(channel, str) and "/" in channel:
+        raise InvalidReferenceError(
+            f"{channel!r} is a remote-tracking view, which is read-only",
+            "Promote and rollback move local channels only: use a plain name such as"
+            " production (promote NAME:REMOTE/CHANNEL --to CHANNEL adopts a view).",
+        )
     if not CHANNEL_RE.match(channel) or VERSION_RE.match(channel):
         raise InvalidReferenceError(
             f"{channel!r} is not a channel name",
             "Channel names are lowercase words like staging or production (not v<N>).",
         )
     return channel
+
+
+def check_remote(remote: str) -> str:
+    if not REMOTE_RE.match(remote):
+        raise InvalidReferenceError(f"{remote!r} is not a remote name")
+    return remote
 
 
 def parse(text: str) -> Ref:
@@ -73,12 +93,23 @@ def parse(text: str) -> Ref:
         return Ref(text, name=name, version=int(m.group(1)))
     if CHANNEL_RE.match(tag):
         return Ref(text, name=name, channel=tag)
+    remote, slash, channel = tag.partition("/")
+    if slash and REMOTE_RE.match(remote) and CHANNEL_RE.match(channel):
+        if VERSION_RE.match(channel):
+            raise InvalidReferenceError(f"{text!r}: {channel!r} is a version, not a channel")
+        return Ref(text, name=name, remote=remote, remote_channel=channel)
     raise InvalidReferenceError(f"{text!r}: {tag!r} is neither a version (v3) nor a channel")
 
 
 def parse_channel(text: str) -> tuple[str, str]:
     """`name:channel` for commands that act on a channel (rollback, history)."""
     ref = parse(text)
+    if ref.remote is not None:
+        raise InvalidReferenceError(
+            f"{text!r} is a remote-tracking view, which is read-only",
+            f"Adopt it with `registry promote {text} --to {ref.remote_channel}`;"
+            f" `registry history {text}` shows it.",
+        )
     if ref.channel is None or ref.name is None:
         raise InvalidReferenceError(f"{text!r} does not name a channel", "Use NAME:CHANNEL.")
     return ref.name, ref.channel
@@ -109,7 +140,16 @@ def resolve(conn: Connection, ref: Ref | str) -> dict[str, Any]:
         cands = ", ".join(f"{r['name']}:v{r['version']} {r['digest'][:23]}" for r in found[:10])
         raise AmbiguousReferenceError(f"{ref.text} is ambiguous: {cands}")
     row = None
-    if ref.version is not None:
+    if ref.remote is not None:
+        row = conn.execute(
+            f"SELECT {', '.join('b.' + c for c in BUNDLE_COLUMNS.split(', '))}"
+            " FROM remote_channel t JOIN bundle b ON b.digest = t.bundle_digest"
+            " WHERE t.name = :n AND t.remote = :r AND t.channel = :c",
+            {"n": ref.name, "r": ref.remote, "c": ref.remote_channel},
+        ).first()
+        if row is None:
+            tracking_not_found(conn, ref)
+    elif ref.version is not None:
         row = conn.execute(
             f"{sel} WHERE name = :n AND version = :v", {"n": ref.name, "v": ref.version}
         ).first()
@@ -157,4 +197,22 @@ def _not_found(conn: Connection, ref: Ref) -> None:
     raise ReferenceNotFoundError(
         f"{ref.text}: no such {'version' if ref.version else 'channel'} of {ref.name}"
         f" (versions: {', '.join(versions)}; channels: {', '.join(channels) or 'none'})"
+    )
+
+
+def tracking_not_found(conn: Connection, ref: Ref) -> None:
+    """Raise for an unknown NAME:REMOTE/CHANNEL, listing the tracking views of the name."""
+    known = [
+        f"{ref.name}:{r[0]}/{r[1]}"
+        for r in conn.execute(
+            "SELECT remote, channel FROM remote_channel WHERE name = :n"
+            " ORDER BY remote, channel LIMIT :k",
+            {"n": ref.name, "k": MAX_CANDIDATES},
+        )
+    ]
+    raise ReferenceNotFoundError(
+        f"{ref.text}: no remote-tracking view {ref.tag} of {ref.name}"
+        f" (known: {', '.join(known) or 'none'})",
+        f"Pulling a channel records one: `registry pull {ref.name}:{ref.remote_channel}"
+        f" --remote {ref.remote}`.",
     )

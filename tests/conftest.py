@@ -89,6 +89,18 @@ def reg_path(tmp_path: Path, database_url: str | None, monkeypatch: pytest.Monke
 
 
 @pytest.fixture
+def me(reg_path: Path) -> str:
+    """The authenticated user commands record here: the OS user, or the PostgreSQL role."""
+    from registry.repo import Registry
+
+    r = Registry.open(reg_path)
+    try:
+        return r.whoami.user
+    finally:
+        r.close()
+
+
+@pytest.fixture
 def reg(reg_path: Path) -> Iterator[object]:
     from registry.repo import Registry
 

@@ -19,7 +19,7 @@ from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.notifications import SeverityLevel
 from textual.screen import ModalScreen, Screen
 
-from registry.config import default_actor
+from registry.config import display_name
 from registry.errors import RegistryError
 from registry.repo import Registry
 from tui import services
@@ -90,7 +90,7 @@ class RegistryApp(App[None]):
         super().__init__()
         # Opened before the UI starts, so a missing registry is the CLI's one-line error.
         self.reg = registry if isinstance(registry, Registry) else Registry.open(registry)
-        self.actor = actor or default_actor()
+        self.actor = display_name(actor)
         self.diff_mark: dict[str, Any] | None = None
         self.sub_title = str(self.reg.root)
 
@@ -162,7 +162,12 @@ class RegistryApp(App[None]):
         if action == "channels":
             return not isinstance(screen, ChannelsScreen)
         if action == "promote":
-            return screen.current_bundle() is not None or screen.current_channel() is not None
+            tracked = isinstance(screen, ChannelsScreen) and screen.current_tracking() is not None
+            return (
+                screen.current_bundle() is not None
+                or screen.current_channel() is not None
+                or tracked
+            )
         if action in self.BUNDLE_ACTIONS:
             return screen.current_bundle() is not None
         return True
@@ -257,6 +262,14 @@ class RegistryApp(App[None]):
         from tui.screens.promote import PromoteScreen
 
         bundle, channel = self.context()
+        screen = self.screen
+        tracked = screen.current_tracking() if isinstance(screen, ChannelsScreen) else None
+        if tracked is not None:
+            # adopt a remote-tracking view: its bundle into the local channel of that name
+            self.push_screen(
+                PromoteScreen(tracked["name"], tracked["bundle_digest"], tracked["channel"])
+            )
+            return
         if bundle is None and channel is None:
             self.notify("Highlight a bundle or a channel first.", severity="warning")
             return

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry import bundles, channels
+from registry import bundles, channels, tracking
 from registry.errors import PolicyError, UsageError
 from registry.repo import Registry
 
@@ -221,16 +221,20 @@ def run_gates(
 
 @dataclass
 class ChannelsView:
-    """`registry ls`'s channel columns, `history` per channel and `audit verify`."""
+    """`registry ls`'s channel columns, `history` per channel and `audit verify`; `remote`
+    holds the read-only remote-tracking views (`REMOTE/CHANNEL`, tracking.list_views)."""
 
     channels: list[dict[str, Any]]
     audit: Any  # registry.audit.AuditReport
+    remote: list[dict[str, Any]] = field(default_factory=list)
 
 
 def channels_view(reg: Registry, name: str | None) -> ChannelsView:
     from registry.audit import verify
 
-    return ChannelsView(channels.channels_of(reg, name), verify(reg))
+    return ChannelsView(
+        channels.channels_of(reg, name), verify(reg), tracking.list_views(reg, name)
+    )
 
 
 def history(reg: Registry, name: str, channel: str) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from registry.config import ACTOR_HELP
 from registry.output import echo, emit_json, err, table
 
 gates_app = typer.Typer(help="Run and inspect release gates.", no_args_is_help=True)
@@ -29,7 +30,7 @@ def train(
     config: Annotated[
         Path | None, typer.Option(help="Training config, YAML/JSON/TOML (default: the bundle's).")
     ] = None,
-    actor: Annotated[str | None, typer.Option(help="Who (default: $REGISTRY_ACTOR).")] = None,
+    actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """LoRA fine-tune a bundle's base; register the result (parent = --from). Exit 3 if the
@@ -104,7 +105,7 @@ def run(
             help="Only the gates this channel requires; its bundle is the rollback target."
         ),
     ] = None,
-    actor: Annotated[str | None, typer.Option(help="Who (default: $REGISTRY_ACTOR).")] = None,
+    actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Run gates on a bundle and record every result (exit 0 passed, 3 failed, 1 error)."""
@@ -202,6 +203,11 @@ def show(
             f"\n#{r['id']} {r['gate']} v{r['gate_version']}  {r['status'].upper()}"
             f"  {r['ended_at'][:19]}  by {r['actor']}  policy {str(r['policy_digest'])[:19]}"
         )
+        trust = r.get("trust") or {}
+        if not trust.get("counts", True):
+            echo(f"  does not count: {trust['why']}")
+        elif r.get("origin"):
+            echo(f"  {trust['why']}")
         if r["error"]:
             echo(f"  error: {r['error']}")
         elif r.get("summary"):

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from registry.config import ACTOR_HELP
 from registry.output import echo, emit_json, err
 
 policy_app = typer.Typer(
@@ -47,7 +48,7 @@ def check(path: Annotated[Path, typer.Argument(help="Policy TOML file.")]) -> No
 def set_(
     path: Annotated[Path, typer.Argument(help="Policy TOML file.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "",
-    actor: Annotated[str | None, typer.Option(help="Who (default: $REGISTRY_ACTOR).")] = None,
+    actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
 ) -> None:
     """Make a policy the registry's policy (stored with its eval sets; an audited event)."""
     from gates.policy import load_file, store

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from registry.config import ACTOR_HELP
 from registry.output import echo, emit_json, err, table
 
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
@@ -19,10 +21,12 @@ def register(app: typer.Typer) -> None:
 
 
 def promote(
-    ref: Annotated[str, typer.Argument(help="Bundle to promote (name:v3, name@sha256:...).")],
+    ref: Annotated[
+        str, typer.Argument(help="Bundle to promote (name:v3, name@sha256:..., name:remote/ch).")
+    ],
     to: Annotated[str, typer.Option("--to", help="Channel to move, e.g. production.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "",
-    actor: Annotated[str | None, typer.Option(help="Who (default: $REGISTRY_ACTOR).")] = None,
+    actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
     force: Annotated[
         bool,
         typer.Option("--force", help="Emergency: move despite missing gates (needs --reason)."),
@@ -76,6 +80,9 @@ def _print_requirements(reqs: list) -> None:
                 [(r.gate, r.status.upper(), r.run_id or "-", r.at or "-") for r in reqs],
             )
         )
+        for r in reqs:
+            if r.note:
+                err(f"{r.gate}: {r.note}")
 
 
 def rollback(
@@ -90,7 +97,7 @@ def rollback(
     force: Annotated[
         bool, typer.Option("--force", help="Allow --to a bundle the channel never held.")
     ] = False,
-    actor: Annotated[str | None, typer.Option(help="Who (default: $REGISTRY_ACTOR).")] = None,
+    actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Put a channel back on the bundle it held before: fast, offline, audited."""
@@ -115,16 +122,23 @@ def rollback(
 
 
 def history(
-    target: Annotated[str, typer.Argument(help="NAME:CHANNEL.")],
+    target: Annotated[str, typer.Argument(help="NAME:CHANNEL, or NAME:REMOTE/CHANNEL.")],
     limit: Annotated[int | None, typer.Option(help="Only the newest N moves.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """The moves of a channel, newest first: who, when, from, to, why."""
-    from registry import channels
+    """The moves of a channel, newest first: who, when, from, to, why. For a remote-tracking
+    view (NAME:REMOTE/CHANNEL): what the remote said at the last pull."""
+    from registry import channels, present, refs
     from registry.cli import open_registry
 
     reg = open_registry()
     try:
+        if refs.parse(target).remote is not None:
+            from registry import tracking
+
+            view = tracking.read(reg, target)
+            _print_tracking(view, json_out)
+            return
         rows = channels.history(reg, target, limit)
     finally:
         reg.close()
@@ -135,22 +149,57 @@ def history(
         ["WHEN", "ACTION", "FROM", "TO", "WHO", "WHY"],
         [(r["created_at"][:19].replace("T", " "),
           r["action"] + (" (forced)" if r["forced"] else ""),
-          r["from_tag"] or "-", r["to_tag"] or r["to_digest"][:19], r["actor"], r["reason"])
+          r["from_tag"] or "-", r["to_tag"] or r["to_digest"][:19], present.who(r), r["reason"])
          for r in rows],
     ))  # fmt: skip
 
 
+def _print_tracking(view: dict, json_out: bool) -> None:
+    """`registry history NAME:REMOTE/CHANNEL`: the tracking view's one state."""
+    ref = f"{view['name']}:{view['view']}"
+    if json_out:
+        emit_json({"ref": ref, "remote_tracking": True, "read_only": True,
+                   "remote": view["remote"], "name": view["name"], "channel": view["channel"],
+                   "tag": view["tag"], "digest": view["bundle_digest"],
+                   "fetched_at": view["fetched_at"]})  # fmt: skip
+        return
+    echo(table(
+        ["REMOTE", "CHANNEL", "BUNDLE", "DIGEST", "FETCHED"],
+        [(view["remote"], view["channel"], view["tag"], view["bundle_digest"][:19],
+          view["fetched_at"][:19].replace("T", " "))],
+    ))  # fmt: skip
+    echo(
+        f"{ref} is a remote-tracking view: what remote {view['remote']} said its"
+        f" {view['channel']} held at the last pull. It is read-only and has no history here;"
+        f" adopt it with: registry promote {ref} --to {view['channel']}"
+    )
+
+
 @audit_app.command("verify")
 def audit_verify(
+    trust: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--trust",
+            help="A public key whose signatures are accepted (repeatable); events signed by"
+            " any other key are reported.",
+        ),
+    ] = None,
+    require_signed: Annotated[
+        bool, typer.Option("--require-signed", help="Report any unsigned event.")
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Walk the hash chain; report the first broken link (exit 1 if any)."""
+    """Check the chain, its signatures and what it covers (gate runs, tags, the policy in
+    force, channel positions); report the first broken link (exit 1 if any)."""
     from registry.audit import verify
     from registry.cli import open_registry
+    from registry.keys import load_public
 
+    trusted = {load_public(p).id for p in trust} if trust else None
     reg = open_registry()
     try:
-        report = verify(reg)
+        report = verify(reg, trusted=trusted, require_signed=require_signed)
     finally:
         reg.close()
     if json_out:
@@ -159,11 +208,23 @@ def audit_verify(
                 "ok": report.ok,
                 "events": report.events,
                 "channels": report.channels,
+                "signed": report.signed,
+                "signers": report.signers,
+                "covered": report.covered,
                 "problem": report.problem,
             }
         )
     elif report.ok:
-        echo(f"audit chain ok: {report.events} events, {report.channels} channels")
+        signed = (
+            f" ({report.signed} signed by {', '.join(sorted(report.signers))})"
+            if report.signers
+            else " (none signed)"
+        )
+        covered = ", ".join(f"{n} {what}" for what, n in report.covered.items())
+        echo(
+            f"audit chain ok: {report.events} events{signed}, {report.channels} channels"
+            + (f", {covered}" if covered else "")
+        )
     else:
         echo(f"audit chain BROKEN: {report.problem}")
     if not report.ok:

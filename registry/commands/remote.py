@@ -89,7 +89,7 @@ def remote_ls(json_out: JsonOpt = False) -> None:
 
 @remote_app.command("rm")
 def remote_rm(name: Annotated[str, typer.Argument(help="Remote to forget.")]) -> None:
-    """Forget a remote (nothing on the remote is deleted)."""
+    """Forget a remote and its remote-tracking views (nothing on the remote is deleted)."""
     from registry.remotes.base import remove_remote
 
     reg = _open()
@@ -148,7 +148,8 @@ def pull(
     json_out: JsonOpt = False,
 ) -> None:
     """Download a bundle from a remote: only missing blobs, each verified before it enters
-    the store; then its version, and for NAME:CHANNEL the channel's position."""
+    the store; then its version, and for NAME:CHANNEL the read-only remote-tracking view
+    REMOTE/CHANNEL (the local channel never moves: promote NAME:REMOTE/CHANNEL adopts it)."""
     from registry.output import file_progress
     from registry.remotes.base import open_remote
 
@@ -169,10 +170,14 @@ def pull(
         if res.blobs_fetched
         else "all blobs already here"
     )
-    chan = ""
-    if res.channel:
-        chan = f"; {res.channel} {'moved to' if res.channel_moved else 'already at'} {res.tag}"
-    echo(f"pulled {res.tag} {res.digest} from {remote}: {got}{chan} ({res.seconds:.1f}s)")
+    echo(f"pulled {res.tag} {res.digest} from {remote}: {got} ({res.seconds:.1f}s)")
+    if res.tracking:
+        name = res.tag.split(":", 1)[0]
+        echo(
+            f"{res.tracking} {'->' if res.tracking_moved else 'already at'} {res.tag}"
+            f" (local {res.channel} unchanged; adopt it with: registry promote"
+            f" {name}:{res.tracking} --to {res.channel})"
+        )
 
 
 def ls_remote(reg: Any, remote_name: str) -> list[dict[str, Any]]:

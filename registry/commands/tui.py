@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from registry.config import ACTOR_HELP
+
 
 def register(app: typer.Typer) -> None:
     app.command("tui")(tui)
@@ -17,7 +19,7 @@ def register(app: typer.Typer) -> None:
 
 def tui(
     actor: Annotated[
-        str | None, typer.Option(help="Who moves channels (default: $REGISTRY_ACTOR or login).")
+        str | None, typer.Option(help=ACTOR_HELP)
     ] = None,
 ) -> None:
     """Browse bundles and gate results, promote and roll back, in a terminal UI."""

@@ -96,8 +96,11 @@ class PullResult:
     tag: str  # local name:vN
     remote_tag: str  # the tag as the remote numbers it
     created: bool = False  # False when the bundle row already existed locally
-    channel: str | None = None
-    channel_moved: bool = False
+    channel: str | None = None  # the remote's channel, for NAME:CHANNEL
+    # The read-only remote-tracking view the pull recorded ("team/production": it now
+    # names `tag`) and whether this pull changed it. The local channel never moves.
+    tracking: str | None = None
+    tracking_moved: bool = False
     blobs: int = 0
     blobs_fetched: int = 0
     bytes_total: int = 0
@@ -275,8 +278,11 @@ def get_remote(reg: Registry, name: str) -> RemoteSpec:
 
 
 def remove_remote(reg: Registry, name: str) -> None:
+    """Forget a remote and its remote-tracking views (as `git remote remove` does)."""
     with reg.db.write() as conn:
         n = conn.execute("DELETE FROM remote WHERE name = :n", {"n": name}).rowcount
+        if n:
+            conn.execute("DELETE FROM remote_channel WHERE remote = :n", {"n": name})
     if not n:
         raise UsageError(f"no remote named {name!r}", "Run `registry remote ls`.")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import pg_database, run_cli
+from tests.conftest import PG_ADMIN, pg_database, run_cli
 from tests.remotes.conftest import S3Env, add_tiny, cli_ok
 
 POLICY = "[channels.staging]\nrequire = []\n\n[channels.production]\nrequire = []\n"
@@ -48,9 +48,15 @@ def test_two_registries_on_one_database_and_one_bucket_share_one_history(
         tags = [r["tag"] for r in json.loads(cli_ok(bob, "ls", "--json"))]
         assert tags == ["support-bot:v2", "support-bot:v1"]
         assert run_cli("verify", "support-bot:v2", registry=bob).code == 1
+        before = json.loads(cli_ok(bob, "history", "support-bot:production", "--json"))
         got = json.loads(cli_ok(bob, "pull", "support-bot:production", "--remote", "team",
                                 "--json"))  # fmt: skip
-        assert got["tag"] == "support-bot:v2" and not got["created"] and not got["channel_moved"]
+        assert got["tag"] == "support-bot:v2" and not got["created"]
+        assert got["tracking"] == "team/production" and got["tracking_moved"]
+        # The shared channel table is untouched by a pull; the tracking view is shared.
+        assert json.loads(cli_ok(bob, "history", "support-bot:production", "--json")) == before
+        view = json.loads(cli_ok(alice, "history", "support-bot:team/production", "--json"))
+        assert view["digest"] == v2["digest"]
         assert "ok" in cli_ok(bob, "verify", "support-bot:v2")
 
         # Incident: Bob rolls production back. The rollback target's blobs must be local.
@@ -68,11 +74,15 @@ def test_two_registries_on_one_database_and_one_bucket_share_one_history(
         # Alice sees the same history and the same remote state.
         as_user(monkeypatch, "alice")
         history = json.loads(cli_ok(alice, "history", "support-bot:production", "--json"))
-        assert [(h["action"], h["actor"], h["to_tag"]) for h in history] == [
+        # Both connect as the same PostgreSQL role here, which is who acted; the names are
+        # display names (tests/test_trust.py gives each user a role of their own).
+        assert [(h["action"], h["display"], h["to_tag"]) for h in history] == [
             ("rollback", "bob", "support-bot:v1"),
             ("promote", "alice", "support-bot:v2"),
             ("promote", "alice", "support-bot:v1"),
         ]
+        role = PG_ADMIN.split("://", 1)[1].split("@", 1)[0]
+        assert {h["actor"] for h in history} == {role}
         from registry.commands.remote import ls_remote
         from registry.repo import Registry
 
@@ -91,8 +101,10 @@ def test_two_registries_on_one_database_and_one_bucket_share_one_history(
     got = json.loads(cli_ok(carol, "pull", "support-bot:production", "--remote", "team",
                             "--json"))  # fmt: skip
     assert got["digest"] == v1["digest"] and got["tag"] == "support-bot:v1"
-    assert got["channel_moved"] and "ok" in cli_ok(carol, "verify", "support-bot:v1")
+    assert got["tracking"] == "team/production" and "ok" in cli_ok(carol, "verify", "support-bot:v1")
     assert v2["digest"] != v1["digest"]
-    history = json.loads(cli_ok(carol, "history", "support-bot:production", "--json"))
-    assert [(h["action"], h["actor"]) for h in history] == [("sync", "carol")]
+    # Her local production does not exist until she promotes (through her policy).
+    assert run_cli("history", "support-bot:production", registry=carol).code == 2
+    view = json.loads(cli_ok(carol, "history", "support-bot:team/production", "--json"))
+    assert view["digest"] == v1["digest"]
     assert Path(carol / "registry.toml").read_text().count("database_url") == 0

@@ -34,10 +34,15 @@ from tests.tui import (
 
 @pytest.fixture(autouse=True)
 def _environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No registry or database from the environment; the actor is `tester`."""
+    """No registry or database from the environment; the actor is `tester`.
+
+    The local identity is the OS user (registry.identity); snapshots must not depend on
+    the login name of the machine that renders them, so it is `tester` here too."""
     monkeypatch.delenv("REGISTRY_HOME", raising=False)
     monkeypatch.delenv("REGISTRY_DATABASE_URL", raising=False)
+    monkeypatch.delenv("REGISTRY_SIGNING_KEY", raising=False)
     monkeypatch.setenv("REGISTRY_ACTOR", "tester")
+    monkeypatch.setattr("registry.config.os_user", lambda: "tester")
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +64,7 @@ def templates(tmp_path_factory: pytest.TempPathFactory, projects: Any) -> dict[s
         mp.delenv("REGISTRY_HOME", raising=False)
         mp.delenv("REGISTRY_DATABASE_URL", raising=False)
         mp.setenv("REGISTRY_ACTOR", "tester")
+        mp.setattr("registry.config.os_user", lambda: "tester")
         fixed_clock(mp)
         add_gates(mp, FAKE_GATES)
         two = root / "two"

@@ -249,7 +249,7 @@ def test_rollback_with_reason_shows_new_history(released: Path) -> None:
     async def scenario(app: RegistryApp, pilot: Pilot) -> None:
         await pilot.press("c")
         assert isinstance(app.screen, ChannelsScreen)
-        assert "audit chain ok: 5 events, 2 channels" in text_of(app, "#audit-state")
+        assert "audit chain ok: 11 events, 2 channels" in text_of(app, "#audit-state")
         assert [r[:2] for r in table_rows(app, "#channel-table")] == [
             ["production", "support-bot:v2"], ["staging", "support-bot:v2"]]  # fmt: skip
         assert app.screen.current_channel() == ("support-bot", "production")
@@ -279,6 +279,50 @@ def test_rollback_with_reason_shows_new_history(released: Path) -> None:
     moves = history(released, "support-bot:production")
     assert (moves[0]["action"], moves[0]["reason"], moves[0]["actor"]) == (
         "rollback", "INC-1 refusals", "tester")  # fmt: skip
+
+
+def test_tracking_views_are_listed_read_only_and_never_moved(released: Path) -> None:
+    from registry import tracking
+
+    reg = Registry.open(released)
+    with reg.db.read() as conn:
+        v1 = conn.execute("SELECT digest FROM bundle WHERE version = 1").scalar()
+    tracking.record(reg, "team", "support-bot", "production", v1)  # as a pull does
+    reg.close()
+    before = history(released, "support-bot:production")
+
+    async def scenario(app: RegistryApp, pilot: Pilot) -> None:
+        await pilot.press("c")
+        screen = app.screen
+        assert isinstance(screen, ChannelsScreen)
+        rows = table_rows(app, "#channel-table")
+        assert [r[:3] for r in rows] == [
+            ["production", "support-bot:v2", "2"], ["staging", "support-bot:v2", "2"],
+            ["team/production remote", "support-bot:v1", "read-only"]]  # fmt: skip
+        screen.table.move_cursor(row=2)
+        await pilot.pause()
+        assert screen.current_channel() is None
+        assert screen.current_tracking()["view"] == "team/production"  # type: ignore[index]
+        assert "remote-tracking, read-only" in str(
+            screen.query_one("#history-title", Static).content
+        )
+        assert screen.query_one("#history-table", DataTable).row_count == 0
+        assert app.check_action("rollback", ()) is False
+        await pilot.press("r")
+        assert app.screen is screen  # no rollback dialog for a tracking view
+        screen.rollback()  # as the command palette would
+        assert "read-only, it cannot be rolled back" in app.notes[-1][2]
+        assert app.screen is screen
+        await pilot.press("p")  # promote its bundle into the local channel of that name
+        promote = app.screen
+        assert isinstance(promote, PromoteScreen)
+        assert promote.selection == (v1, "production")
+        options = [str(o[0]) for o in promote.query_one("#promote-channel", Select)._options]
+        assert not any("/" in o for o in options)
+
+    app = drive(released, scenario)
+    assert app.errors() == []
+    assert history(released, "support-bot:production") == before
 
 
 # --- diff --------------------------------------------------------------------------------------
@@ -386,7 +430,7 @@ def test_cas_conflict_with_another_user_shows_error(two_bundles: Path) -> None:
         await settle(app, pilot)
         errors = app.errors()
         assert len(errors) == 1, app.notes
-        assert "was moved first: alice promoted it to support-bot:v2" in errors[0]
+        assert "was moved first: tester as 'alice' promoted it to support-bot:v2" in errors[0]
         assert isinstance(app.screen, PromoteScreen)  # re-checked: shows what is true now
         assert "staging already holds support-bot:v2" in text_of(app, "#promote-verdict")
 

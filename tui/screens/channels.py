@@ -1,5 +1,7 @@
 """Channels of a name with their history (`registry history`), the audit chain state, and
-rollback (`registry rollback`) one key away."""
+rollback (`registry rollback`) one key away. Remote-tracking views (`team/production`,
+what a remote said at the last pull) are listed after the channels, marked remote and
+read-only: rollback never applies to them, and promote from one moves a local channel."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from textual.binding import Binding, BindingType
 from textual.widgets import DataTable, Footer, Header, Label, Static
 
 from registry.errors import RegistryError
+from registry.present import who
 from tui import services
 from tui.screens.base import RegistryScreen
 from tui.widgets.confirmation import Confirmation, ConfirmationScreen
@@ -19,7 +22,8 @@ from tui.widgets.status import when
 
 
 class ChannelsScreen(RegistryScreen):
-    """Each channel (of one name, or of all) with its bundle; the highlighted one's history."""
+    """Each channel (of one name, or of all) with its bundle; the highlighted one's history.
+    Then the remote-tracking views, read-only."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back"),
@@ -30,6 +34,7 @@ class ChannelsScreen(RegistryScreen):
         self.bundle_name = name
         self.initial_channel = channel
         self.rows: list[dict[str, Any]] = []
+        self.remote_rows: list[dict[str, Any]] = []  # tracking views, after the channels
         self.history_rows: list[dict[str, Any]] = []
 
     def compose(self) -> ComposeResult:
@@ -54,7 +59,7 @@ class ChannelsScreen(RegistryScreen):
         return self.query_one("#channel-table", DataTable)
 
     def reload(self) -> None:
-        keep = self.current_channel() or (
+        keep = self._current_key() or (
             (self.bundle_name, self.initial_channel) if self.initial_channel else None
         )
         try:
@@ -63,6 +68,7 @@ class ChannelsScreen(RegistryScreen):
             self.rapp.report(exc, "Cannot read the channels")
             return
         self.rows = view.channels
+        self.remote_rows = view.remote
         state = self.query_one("#audit-state", Static)
         scope = f"Channels of {self.bundle_name}" if self.bundle_name else "All channels"
         line = Text(f"{scope}  ·  ")
@@ -81,8 +87,14 @@ class ChannelsScreen(RegistryScreen):
             table.add_row(
                 label, f"{r['name']}:v{r['version']}", str(r["revision"]), when(r["updated_at"])
             )
+        for r in self.remote_rows:
+            label = Text(r["view"] if self.bundle_name else f"{r['name']}:{r['view']}")
+            label.append(" remote", style="italic cyan")
+            table.add_row(
+                label, r["tag"], Text("read-only", style="dim"), when(r["fetched_at"])
+            )
         self.app.refresh_bindings()  # whether r (roll back) applies
-        if not self.rows:
+        if not self.rows and not self.remote_rows:
             self.query_one("#history-title", Label).update(
                 "No channel holds a bundle yet: promote one with p."
             )
@@ -90,23 +102,51 @@ class ChannelsScreen(RegistryScreen):
             return
         index = 0
         if keep is not None:
-            index = next(
-                (i for i, r in enumerate(self.rows) if (r["name"], r["channel"]) == keep), 0
-            )
+            keys = [(r["name"], r["channel"]) for r in self.rows]
+            keys += [(r["name"], r["view"]) for r in self.remote_rows]
+            index = next((i for i, k in enumerate(keys) if k == keep), 0)
         table.move_cursor(row=index)
         self.show_history()
 
-    def current_channel(self) -> tuple[str, str] | None:
-        if not self.rows or not self.is_mounted:
+    def _cursor(self) -> int | None:
+        n = len(self.rows) + len(self.remote_rows)
+        if not n or not self.is_mounted:
             return None
-        r = self.rows[min(self.table.cursor_row, len(self.rows) - 1)]
+        return min(self.table.cursor_row, n - 1)
+
+    def current_channel(self) -> tuple[str, str] | None:
+        """The local channel highlighted (None on a remote-tracking view: read-only)."""
+        i = self._cursor()
+        if i is None or i >= len(self.rows):
+            return None
+        r = self.rows[i]
         return r["name"], r["channel"]
+
+    def current_tracking(self) -> dict[str, Any] | None:
+        """The remote-tracking view highlighted (a row of tracking.views), if any."""
+        i = self._cursor()
+        if i is None or i < len(self.rows):
+            return None
+        return self.remote_rows[i - len(self.rows)]
+
+    def _current_key(self) -> tuple[str, str] | None:
+        tracked = self.current_tracking()
+        return (tracked["name"], tracked["view"]) if tracked else self.current_channel()
 
     def show_history(self) -> None:
         current = self.current_channel()
         title = self.query_one("#history-title", Label)
         hist = self.query_one("#history-table", DataTable)
         hist.clear()
+        tracked = self.current_tracking()
+        if tracked is not None:
+            self.history_rows = []
+            title.update(
+                f"{tracked['name']}:{tracked['view']} is remote-tracking, read-only: what"
+                f" {tracked['remote']} said its {tracked['channel']} held, fetched"
+                f" {when(tracked['fetched_at'])}  ·  p promotes its bundle to a local channel"
+            )
+            return
         if current is None:
             return
         name, channel = current
@@ -122,18 +162,27 @@ class ChannelsScreen(RegistryScreen):
                 action.append(" (forced)", style="red")
             hist.add_row(
                 when(h["created_at"]), action, h["from_tag"] or "-",
-                h["to_tag"] or h["to_digest"][:19], h["actor"], h["reason"],
+                h["to_tag"] or h["to_digest"][:19], who(h), h["reason"],
             )  # fmt: skip
 
     @on(DataTable.RowHighlighted, "#channel-table")
     def _channel_highlighted(self) -> None:
         self.show_history()
+        self.app.refresh_bindings()  # r (roll back) does not apply to a tracking view
 
     # --- rollback ---------------------------------------------------------------------------
 
     def rollback(self) -> None:
         """Confirm a rollback of the highlighted channel, the previous bundle preselected."""
         current = self.current_channel()
+        tracked = self.current_tracking()
+        if tracked is not None:
+            self.notify(
+                f"{tracked['name']}:{tracked['view']} is a remote-tracking view: read-only,"
+                " it cannot be rolled back. Press p to promote its bundle to a local channel.",
+                severity="warning",
+            )
+            return
         if current is None:
             self.notify("No channel to roll back.", severity="warning")
             return
