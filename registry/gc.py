@@ -1,6 +1,6 @@
 """Garbage collection by reachability, with a grace period.
 
-Roots: every bundle (its manifest, component manifests and files), every gate run's
+Roots: every bundle (its manifest, component manifests, files and signatures), every gate run's
 evidence, every policy an event names. A blob no root reaches is removed only if it is
 older than the grace period: a concurrent `add` may have just written it and not yet
 inserted the row that references it (adds refresh the mtime of blobs they reuse).

@@ -84,6 +84,16 @@ def referenced(reg: Registry, ref: str | None) -> Iterator[tuple[Descriptor | st
                     "SELECT DISTINCT policy_digest FROM event WHERE policy_digest IS NOT NULL"
                 )
             ]
+        # `registry sign` signatures: checked with their bundle, and kept by gc.
+        names = dict(bundles)
+        extra += [
+            (r[1], f"{names[r[0]]} signature by {r[2]}")
+            for r in conn.execute(
+                "SELECT bundle_digest, signature_digest, signer FROM bundle_signature"
+                " ORDER BY bundle_digest, signer"
+            )
+            if r[0] in names
+        ]
     for digest, where in bundles:
         yield from bundle_blobs(reg, digest, where)
     for digest, where in extra:

@@ -1,0 +1,86 @@
+"""`registry sign` and `registry key generate`: signing bundles in model-signing's format.
+
+`registry verify REF --signed-by PUB` (in registry.cli) checks such a signature; the work
+is in registry.signing, which imports model_signing only when a command needs it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from registry.config import ACTOR_HELP
+from registry.output import echo, emit_json
+
+key_app = typer.Typer(help="Signing keys (ECDSA P-256).", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(sign)
+    app.add_typer(key_app, name="key")
+
+
+def sign(
+    ref: Annotated[str, typer.Argument(help="Bundle to sign.")],
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key",
+            help="PEM private key (default: $REGISTRY_SIGNING_KEY, else signing_key"
+            " in registry.toml).",
+        ),
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Sign a bundle's exported layout (OpenSSF model-signing; `export` writes it)."""
+    from registry import config, identity, keys, signing
+    from registry.cli import open_registry
+    from registry.errors import UsageError
+
+    reg = open_registry()
+    try:
+        signing_key = keys.load_private(key) if key is not None else None
+        if signing_key is None:
+            signing_key = keys.configured(reg.cfg.signing_key)
+        if signing_key is None:
+            raise UsageError(
+                "no signing key: pass --key PATH, or set $REGISTRY_SIGNING_KEY or signing_key"
+                " in registry.toml",
+                "Make one with `registry key generate PATH`.",
+            )
+        # Who signs is the authenticated user with this key: the event that records the
+        # signing is signed by the same key.
+        user, source = identity.authenticated_user(reg)
+        who = identity.Identity(user, source, signing_key, config.display_name(actor))
+        info = signing.sign(reg, ref, signing_key, who)
+    finally:
+        reg.close()
+    if json_out:
+        emit_json(info)
+    else:
+        echo(f"signed {info['tag']} ({info['files']} files) with {info['signer']}")
+        echo(f"signature: {info['signature']}")
+
+
+@key_app.command("generate")
+def generate(
+    path: Annotated[Path, typer.Argument(help="Private key file to write (PATH.pub beside it).")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Write a new ECDSA P-256 key pair: PATH (mode 600) and PATH.pub."""
+    from registry import keys
+    from registry.errors import UsageError
+
+    public_path = path.with_suffix(".pub")  # where keys.generate puts it
+    if public_path == path:
+        raise UsageError(f"{path} ends in .pub; give the private key's path", "E.g. team.pem.")
+    k = keys.generate(path, public_path)
+    if json_out:
+        emit_json({"id": k.id, "private": str(path), "public": str(public_path)})
+    else:
+        echo(f"{k.id}")
+        echo(f"private key: {path} (keep it secret)")
+        echo(f"public key:  {public_path}")
