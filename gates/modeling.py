@@ -146,7 +146,8 @@ def load_tokenizer(directory: Path) -> Any:
 
 
 def render(tokenizer: Any, messages: Messages, *, add_generation_prompt: bool = False) -> str:
-    """The chat template's text for `messages` (tokenize=False: see PITFALLS)."""
+    """The chat template's text for `messages` (tokenize=False: in transformers 5.x
+    `apply_chat_template(tokenize=True)` returns a BatchEncoding, whose len() counts keys)."""
     if not getattr(tokenizer, "chat_template", None):
         raise GateError("the bundle has no chat template, which the model gates need")
     try:

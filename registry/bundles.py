@@ -1,6 +1,6 @@
 """Bundles: add (store blobs, then manifests, then database rows), list, show, diff.
 
-Write order (DESIGN.md): every file blob is durable before its component manifest is
+Write order (docs/design.md): every file blob is durable before its component manifest is
 stored, every component manifest before the bundle manifest, and the bundle manifest
 before the database row that makes the bundle visible. An interrupted add leaves at most
 unreferenced blobs, which `registry gc` removes after its grace period.

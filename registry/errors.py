@@ -1,6 +1,6 @@
 """Every error the registry raises, in one hierarchy.
 
-Each class carries the exit code the CLI uses (DESIGN.md: 2 usage, 1 failure, 3 blocked
+Each class carries the exit code the CLI uses (docs/design.md: 2 usage, 1 failure, 3 blocked
 by gates) and a hint that names the next thing to do. The CLI turns any RegistryError into
 one line at a single place (`registry.cli.main`).
 """
