@@ -4,9 +4,10 @@
 
 Builds a tiny base model, tokenizer, LoRA adapter and data set (on the CPU, in seconds),
 then registers, inspects, verifies and exports bundles, sets a policy, runs the gates,
-promotes, rolls back, checks the audit chain, and shares the bundles through an S3
-endpoint it starts on loopback (push, then pull onto an empty registry). Every step
-prints the command it runs,
+promotes, signs the released bundle (checked with the standard model-signing tool),
+rolls back with a signed event, checks the audit chain, and shares the bundles through
+an S3 endpoint it starts on loopback (push, then pull onto an empty registry, where
+production is a read-only remote-tracking view). Every step prints the command it runs,
 so the output reads as a walk-through. OUT_DIR is replaced.
 """
 
@@ -210,6 +211,14 @@ def main() -> None:
         "--reason", "task B up, task A kept, refuses harm")  # fmt: skip
     run("ls")
 
+    step("Sign v4 and check its export with the standard model-signing tool")
+    run("key", "generate", out / "keys" / "release.key")
+    os.environ["REGISTRY_SIGNING_KEY"] = str(out / "keys" / "release.key")  # from here on
+    run("sign", "support-bot:v4")
+    run("verify", "support-bot:v4", "--signed-by", out / "keys" / "release.pub")
+    run("export", "support-bot:v4", out / "export-v4")
+    model_signing_verify(out / "export-v4", out / "keys" / "release.pub")
+
     step("Incident: roll production back to the bundle it held before")
     run("rollback", "support-bot:production", "--reason", "demo incident: refusals spiking")
     run("history", "support-bot:production")
@@ -230,7 +239,9 @@ def main() -> None:
         run(*again, "pull", "support-bot:production", "--remote", "team")
         run(*again, "pull", "support-bot:v4", "--remote", "team")
         run(*again, "verify", "--all")
-        run(*again, "history", "support-bot:production")
+        # A pull never moves a local channel: production there is a read-only view.
+        run(*again, "ls")
+        run(*again, "history", "support-bot:team/production")
 
     step(f"Done in {time.perf_counter() - t0:.0f} s")
     print(f"The demo registry is in {out / 'registry'}. Explore it with:\n"
@@ -273,6 +284,18 @@ def loopback_s3() -> Iterator[str]:
     finally:
         server.terminate()
         server.wait()
+
+
+def model_signing_verify(path: Path, public_key: Path) -> None:
+    """`python -m model_signing verify key` on an export: no registry code involved."""
+    cmd = [sys.executable, "-m", "model_signing", "verify", "key", "--signature",
+           str(path / "registry" / "model.sig"), "--public_key", str(public_key), str(path)]  # fmt: skip
+    print("$ python -m model_signing verify key --signature "
+          f"{path.name}/registry/model.sig --public_key {public_key.name} {path.name}")  # fmt: skip
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        raise SystemExit(f"demo step failed: model_signing verify exited {proc.returncode}")
 
 
 def check_export(path: Path) -> None:

@@ -34,5 +34,12 @@ def test_demo_runs_the_release_flow_end_to_end(tmp_path: Path) -> None:
     assert actions[:2] == [("rollback", "support-bot:v1"), ("promote", "support-bot:v4")]
     assert run_cli("audit", "verify", registry=reg).code == 0
     assert run_cli("verify", "--all", registry=reg).code == 0
+    # v4 was signed, checked by model_signing on its export, and the rollback event signed
+    assert "Verification succeeded" in proc.stdout
+    pub = out / "keys" / "release.pub"
+    assert run_cli("verify", "support-bot:v4", "--signed-by", pub, registry=reg).code == 0
+    assert history[0]["signer"] is not None
     # the second registry pulled production from the loopback S3 remote
     assert run_cli("verify", "--all", registry=out / "registry-2").code == 0
+    # ...which a pull never moves: it is a remote-tracking view there, not a channel
+    assert "support-bot:team/production is a remote-tracking view" in proc.stdout
