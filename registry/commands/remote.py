@@ -139,7 +139,19 @@ def push(
         else f"all {res.blobs} blobs already there"
     )
     refs_text = f"; wrote {', '.join(res.refs)}" if res.refs else "; refs already up to date"
-    echo(f"pushed {res.tag} {res.digest} to {remote}: {sent}{refs_text} ({res.seconds:.1f}s)")
+    trust = _trust_text("sent", res.gate_runs_sent, "gate-run attestation", res.signatures_sent)
+    echo(
+        f"pushed {res.tag} {res.digest} to {remote}: {sent}{refs_text}{trust}"
+        f" ({res.seconds:.1f}s)"
+    )
+
+
+def _trust_text(verb: str, runs: int, noun: str, signatures: int) -> str:
+    """"; sent 2 gate-run attestations, 1 signature" (empty when there were none)."""
+    parts = [f"{runs} {noun}{'s' if runs != 1 else ''}"] if runs else []
+    if signatures:
+        parts.append(f"{signatures} signature{'s' if signatures != 1 else ''}")
+    return f"; {verb} {', '.join(parts)}" if parts else ""
 
 
 def pull(
@@ -170,7 +182,8 @@ def pull(
         if res.blobs_fetched
         else "all blobs already here"
     )
-    echo(f"pulled {res.tag} {res.digest} from {remote}: {got} ({res.seconds:.1f}s)")
+    trust = _trust_text("with", res.gate_runs, "signed gate run", res.signatures)
+    echo(f"pulled {res.tag} {res.digest} from {remote}: {got}{trust} ({res.seconds:.1f}s)")
     if res.tracking:
         name = res.tag.split(":", 1)[0]
         echo(

@@ -80,6 +80,9 @@ class PushResult:
     bytes_total: int = 0
     bytes_sent: int = 0
     refs: list[str] = field(default_factory=list)  # refs (tags) written, e.g. ["v3", "production"]
+    # Trust records sent that the remote lacked: gate-run attestations, bundle signatures.
+    gate_runs_sent: int = 0
+    signatures_sent: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -105,6 +108,10 @@ class PullResult:
     blobs_fetched: int = 0
     bytes_total: int = 0
     bytes_fetched: int = 0
+    # Trust records this pull recorded: gate runs (from signed attestations; each counts
+    # only where a policy's gate_signers trust its signer) and verified bundle signatures.
+    gate_runs: int = 0
+    signatures: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 

@@ -11,6 +11,9 @@ Repo layout (one bundle name per repo; `main` holds the bundle pushed last):
     base/...                                         the base model, only with --include-base
     registry/bundle.json, registry/components/K.json the exact manifest bytes
     registry/gate-runs.json, registry/evidence/*     gate-run records and their evidence
+    registry/attestations/<bundle hex>/<hex>.json    signed gate-run attestations (DSSE)
+    registry/signatures/<bundle hex>/<key hex>.sig   `registry sign` signatures (model-signing)
+    registry/keys/<key hex>.pub                      the signers' public keys (PEM)
     registry/versions.json, registry/channels.json   version -> digest, channel -> version
     registry/files/<kind>/<path>                     component files whose usual place is
                                                      taken (README.md of the adapter, a
@@ -19,6 +22,9 @@ Repo layout (one bundle name per repo; `main` holds the bundle pushed last):
 
 A git tag per version (`v3`) points at the commit holding that bundle; channels live in
 `registry/channels.json` (in the same commit as the files, so they move atomically).
+Attestations, signatures and keys are kept on main for every bundle the repo holds (a
+push adds its bundle's and never removes another's); a pull reads them from main, checks
+each (digest, signature) and records those that hold (registry.remotes.sync.import_trust).
 An external base (`hf://org/name@commit`) is referenced, not uploaded: the published
 `adapter_config.json` names it (`base_model_name_or_path`, `revision`) and the card links
 it; the original bytes stay under registry/files/ so pull can re-verify every digest.
@@ -57,16 +63,27 @@ from registry.paths import check_relpath
 from registry.remotes.base import ProgressFactory, PullResult, PushResult, RemoteSpec
 from registry.remotes.hub_card import model_card
 from registry.remotes.sync import (
+    MAX_ATTESTATION,
+    MAX_PUBLIC_KEY,
+    MAX_SIGNATURE,
     BundleBlobs,
-    adopt_channel,
+    TrustPulled,
+    TrustRecords,
     adopt_file,
     check_local_blobs,
+    hex_name,
     import_bundle,
+    import_trust,
+    key_hex,
+    key_id_of,
     load_local,
+    local_trust,
     missing_blobs,
     parse_remote_bundle,
     pick,
+    remote_channel_ref,
     store_manifests,
+    track_channel,
 )
 
 if TYPE_CHECKING:
@@ -80,6 +97,8 @@ PRIORITY = ("chat_template", "adapter", "tokenizer", "config", "dataset", "base_
 RESERVED = ("README.md", ".gitattributes")
 META = "registry"
 MAX_META = 64 * 1024 * 1024
+# What vouches for bundles: kept on main across pushes (see trust_files).
+TRUST_DIRS = (f"{META}/attestations/", f"{META}/signatures/", f"{META}/keys/")
 
 
 def layout(bundle: BundleBlobs) -> dict[tuple[str, str], str]:
@@ -138,6 +157,19 @@ class Blob:
 KEEP = object()  # repo content left as it is
 
 
+def trust_files(bundle_digest: str, trust: TrustRecords) -> dict[str, Any]:
+    """repo path -> Blob or bytes of a bundle's attestations, signatures and signer keys."""
+    bundle_hex = hex_of(bundle_digest)
+    out: dict[str, Any] = {}
+    for digest, size in trust.attestations.items():
+        out[f"{META}/attestations/{bundle_hex}/{hex_of(digest)}.json"] = Blob(digest, size)
+    for key_id, (digest, size) in trust.signatures.items():
+        out[f"{META}/signatures/{bundle_hex}/{key_hex(key_id)}.sig"] = Blob(digest, size)
+    for key_id, pem in trust.keys.items():
+        out[f"{META}/keys/{key_hex(key_id)}.pub"] = pem
+    return out
+
+
 def git_blob_oid(data: bytes) -> str:
     import hashlib
 
@@ -185,6 +217,8 @@ def parse_index(versions: bytes | None, channels: bytes | None, where: str) -> I
             idx.name = refs.parse(name).name if isinstance(name, str) else None
             for tag, entry in obj[key].items():
                 parsed = refs.parse(f"{idx.name}:{tag}")
+                if parsed.remote is not None:
+                    raise ValueError(f"{tag!r} is not a channel name")
                 if (key == "versions") != (parsed.version is not None):
                     raise ValueError(f"{tag!r} is not a {key[:-1]}")
                 if not isinstance(entry, dict):
@@ -417,10 +451,17 @@ class HubRemote:
                 desired[f"{META}/channels.json"] = idx.channels_bytes()
             else:
                 desired = self._desired(reg, bundle, row, idx, include_base)
+            # Trust records of every bundle stay; this bundle's are added (or refreshed).
+            desired.update({p: KEEP for p in tree if p.startswith(TRUST_DIRS)})
+            desired.update(trust_files(bundle.digest, local_trust(reg, bundle.digest)))
             ops, sent, sent_blobs = [], 0, set()
             for path, content in sorted(desired.items()):
                 if content is KEEP or _same(tree.get(path), content, reg):
                     continue
+                if path.startswith(f"{META}/attestations/"):
+                    result.gate_runs_sent += 1
+                elif path.startswith(f"{META}/signatures/"):
+                    result.signatures_sent += 1
                 if isinstance(content, bytes):
                     ops.append(CommitOperationAdd(path, content))
                     sent += len(content)
@@ -531,6 +572,7 @@ class HubRemote:
         self, reg: Registry, ref: str, *, actor: str, progress: ProgressFactory | None = None
     ) -> PullResult:
         t0 = time.perf_counter()
+        ref = remote_channel_ref(ref, self.spec.name)
         parsed = refs.parse(ref)
         _quiet_unless_terminal()
         with self.errors(f"pull {ref}"), self._workdir(reg) as work:
@@ -570,17 +612,99 @@ class HubRemote:
                 self._download(reg, bundle, need, commit, work)
         store_manifests(reg, bundle)
         imported = import_bundle(reg, bundle, entry["version"], actor)
+        with self.errors(f"pull {ref}"), self._workdir(reg) as work:
+            trust = self.pull_trust(reg, bundle.digest, actor, head, commit, work)
+        result.gate_runs, result.signatures = trust.gate_runs, trust.signatures
+        result.notes += trust.notes
         result.tag, result.created = imported.tag, imported.created
         if imported.note:
             result.notes.append(imported.note)
         if parsed.channel is not None:
             result.channel = parsed.channel
-            result.channel_moved = adopt_channel(
-                reg, bundle.name, parsed.channel, bundle.digest, actor=actor,
-                reason=f"pulled from {self.spec.name} ({self.spec.url})",
-            )  # fmt: skip
+            result.tracking = f"{self.spec.name}/{parsed.channel}"
+            result.tracking_moved = track_channel(
+                reg, self.spec.name, bundle.name, parsed.channel, bundle.digest
+            )
         result.seconds = time.perf_counter() - t0
         return result
+
+    def pull_trust(
+        self, reg: Registry, bundle_digest: str, actor: str, head: str, commit: str, work: Path
+    ) -> TrustPulled:
+        """Record the attestations and signatures main holds for the bundle, then fetch the
+        evidence of the gate runs that came along (from main, else the version's commit)."""
+        tree = self._tree(head)
+        bundle_hex = hex_of(bundle_digest)
+
+        def loader(path: str, limit: int) -> Any:
+            def load() -> bytes | None:
+                if tree[path].size > limit:
+                    raise IntegrityError(f"hf://{self.repo_id}/{path} is larger than {limit} bytes")
+                return self._read(path, head, work, limit)
+
+            return load
+
+        attestations, signatures = {}, {}
+        for path in tree:
+            folder, _, leaf = path.rpartition("/")
+            stem, _, ext = leaf.partition(".")
+            if folder == f"{META}/attestations/{bundle_hex}" and ext == "json":
+                digest = hex_name(stem)
+                if digest is not None:
+                    attestations[digest] = loader(path, MAX_ATTESTATION)
+            elif folder == f"{META}/signatures/{bundle_hex}" and ext == "sig":
+                key_id = key_id_of(stem)
+                if key_id is not None:
+                    signatures[key_id] = (None, loader(path, MAX_SIGNATURE))
+
+        def public_key(key_id: str) -> bytes | None:
+            path = f"{META}/keys/{key_hex(key_id)}.pub"
+            return loader(path, MAX_PUBLIC_KEY)() if path in tree else None
+
+        trust = import_trust(
+            reg, actor, bundle_digest, self.spec.name, attestations=attestations,
+            signatures=signatures, key=public_key,
+        )  # fmt: skip
+        if trust.gate_runs:
+            self._fetch_evidence(reg, bundle_digest, [head, commit], {head: tree}, work, trust)
+        return trust
+
+    def _fetch_evidence(
+        self,
+        reg: Registry,
+        bundle_digest: str,
+        revs: list[str],
+        trees: dict[str, dict[str, Any]],
+        work: Path,
+        trust: TrustPulled,
+    ) -> None:
+        """The evidence blobs of the bundle's pulled gate runs that the store lacks, from
+        the first of `revs` that holds each (registry/evidence/<hex>.json)."""
+        with reg.db.read() as conn:
+            rows = conn.execute(
+                "SELECT DISTINCT evidence_digest FROM gate_run WHERE bundle_digest = :b"
+                " AND origin = :o AND evidence_digest IS NOT NULL",
+                {"b": bundle_digest, "o": self.spec.name},
+            ).all()
+        lacking = []
+        for (digest,) in rows:
+            if reg.store.has(digest):
+                continue
+            path = f"{META}/evidence/{hex_of(digest)}.json"
+            for rev in dict.fromkeys(revs):
+                if rev not in trees:
+                    trees[rev] = self._tree(rev)
+                data = self._read(path, rev, work) if path in trees[rev] else None
+                if data is not None and sha256_bytes(data) == digest:
+                    reg.store.put_bytes(data)
+                    break
+            else:
+                lacking.append(digest)
+        if lacking:
+            trust.notes.append(
+                f"the evidence of {len(lacking)} pulled gate run(s) is not on {self.spec.name}"
+                f" (e.g. {short(lacking[0])}); `registry verify --all` will report it missing"
+            )
 
     def _download(
         self, reg: Registry, bundle: BundleBlobs, need: dict[str, int], commit: str, work: Path

@@ -7,12 +7,21 @@ Layout under `s3://bucket/prefix/` (it mirrors the local store):
                                 and the policies and gate evidence the database names
     refs/<name>/v<N>            a version: its body is the bundle digest; written once
     refs/<name>/<channel>       a channel: its body is the bundle digest; moves
+    keys/<16 hex>.pub           a bundle signer's public key (PEM); its sha256 is the key id
+    signatures/<bundle hex>/<16 hex>
+                                the bundle's `registry sign` signature by that key: its body
+                                is the signature blob's digest (rewritten on a re-sign)
+    attestations/<bundle hex>/<64 hex>
+                                one of the bundle's signed gate-run attestations, a blob
+                                (empty object: a listing of the prefix is the index)
 
-Push writes blobs, then component manifests, then the bundle manifest, then the version
-ref, then the channel ref; each step starts only when the one before has completed, so an
-interrupted push never leaves a ref to missing data. Refs are written with conditional
-requests: a version with `If-None-Match: *` (versions never move), a channel with
-`If-Match: <etag it was read with>` (two pushers cannot overwrite each other silently).
+Push writes blobs (the attestation and signature blobs among them), then component
+manifests, then the bundle manifest, then the keys, signatures and attestations entries,
+then the version ref, then the channel ref; each step starts only when the one before has
+completed, so an interrupted push never leaves a ref or an entry to missing data. Refs
+are written with conditional requests: a version with `If-None-Match: *` (versions never
+move), a channel with `If-Match: <etag it was read with>` (two pushers cannot overwrite
+each other silently).
 
 Every blob is re-hashed while it uploads, and the request that makes the object exist
 (PutObject, or CompleteMultipartUpload after the parts) waits for that hash: a corrupt
@@ -46,18 +55,29 @@ from registry.errors import (
 )
 from registry.remotes.base import ProgressFactory, PullResult, PushResult, RemoteSpec
 from registry.remotes.sync import (
+    MAX_ATTESTATION,
+    MAX_PUBLIC_KEY,
+    MAX_SIGNATURE,
     BlobSink,
     BundleBlobs,
-    adopt_channel,
+    TrustPulled,
+    TrustRecords,
     check_local_blobs,
     fetch_side_blobs,
+    hex_name,
     import_bundle,
+    import_trust,
+    key_hex,
+    key_id_of,
     load_local,
     local_side_blobs,
+    local_trust,
     missing_blobs,
     parse_remote_bundle,
     pick,
+    remote_channel_ref,
     store_manifests,
+    track_channel,
 )
 
 if TYPE_CHECKING:
@@ -118,6 +138,15 @@ def _verify_file(path: Path, digest: str, size: int) -> None:
             f"local blob {short(digest)} does not match its digest; not pushed",
             "Run `registry verify --all`, then pull the bundle again from a good copy.",
         )
+
+
+def _refuse(why: str) -> Callable[[], bytes | None]:
+    """A loader for a malformed remote entry: reading it is refused with `why`."""
+
+    def load() -> bytes | None:
+        raise IntegrityError(why)
+
+    return load
 
 
 def _subscribers(size: int, on_bytes: Callable[[int], None] | None) -> list[Any]:
@@ -405,6 +434,8 @@ class S3Remote:
             files = bundle.file_blobs()
             manifests = bundle.manifest_blobs()
             side = local_side_blobs(reg, bundle.digest)  # policies, gate evidence
+            trust = local_trust(reg, bundle.digest)  # attestations, signatures, keys
+            side.update(trust.blobs())
             wanted = {**files, **side, **{d: len(b) for d, b in manifests}}
             present = self.present(wanted)
             result.blobs = len(wanted)
@@ -425,6 +456,7 @@ class S3Remote:
                     send[digest] = len(data)
             result.blobs_sent = len(send)
             result.bytes_sent = sum(send.values())
+            self.put_trust(bundle.digest, trust, result)  # after the blobs they name
             if existing is None:
                 meta = {"size": str(bundle.stored_size)}
                 if not self._put_if(
@@ -443,6 +475,26 @@ class S3Remote:
                 result.refs.append(parsed.channel)
         result.seconds = time.perf_counter() - t0
         return result
+
+    def put_trust(self, bundle_digest: str, trust: TrustRecords, result: PushResult) -> None:
+        """Index the bundle's trust records (their blobs are already there): signer keys,
+        then signatures, then attestations. Only what is missing or changed is written."""
+        bundle_hex = hex_of(bundle_digest)
+        for key_id, pem in sorted(trust.keys.items()):
+            self._put_if(self.key(f"keys/{key_hex(key_id)}.pub"), pem, IfNoneMatch="*")
+        for key_id, (digest, _size) in sorted(trust.signatures.items()):
+            key = self.key(f"signatures/{bundle_hex}/{key_hex(key_id)}")
+            got = self._get_small(key, MAX_REF)
+            if got is None or got[0].decode("ascii", "replace").strip() != digest:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=digest.encode())
+                result.signatures_sent += 1
+        if trust.attestations:
+            base = self.key(f"attestations/{bundle_hex}/")
+            listed = {key[len(base) :] for key, _size in self._list(base)}
+            for digest in sorted(trust.attestations):
+                if hex_of(digest) not in listed:
+                    self.client.put_object(Bucket=self.bucket, Key=base + hex_of(digest), Body=b"")
+                    result.gate_runs_sent += 1
 
     def _version_conflict(self, name: str, tag: str, theirs: str, ours: str) -> ConflictError:
         return ConflictError(
@@ -601,6 +653,7 @@ class S3Remote:
         self, reg: Registry, ref: str, *, actor: str, progress: ProgressFactory | None = None
     ) -> PullResult:
         t0 = time.perf_counter()
+        ref = remote_channel_ref(ref, self.spec.name)
         parsed = refs.parse(ref)
         with self.errors(f"pull {ref}"):
             entry = self.resolve(ref)
@@ -619,7 +672,11 @@ class S3Remote:
             self.download_blobs(reg, need, progress, f"pull {result.remote_tag}")
             store_manifests(reg, bundle)
             imported = import_bundle(reg, bundle, entry["version"], actor)
+            # Before the side blobs: the evidence of pulled gate runs comes along with them.
+            trust = self.pull_trust(reg, bundle.digest, actor)
             lacking = fetch_side_blobs(reg, bundle.digest, self._fetch_side)
+        result.gate_runs, result.signatures = trust.gate_runs, trust.signatures
+        result.notes += trust.notes
         if lacking:
             result.notes.append(
                 f"{len(lacking)} policy or gate-evidence blob(s) this registry's database"
@@ -631,12 +688,51 @@ class S3Remote:
             result.notes.append(imported.note)
         if parsed.channel is not None:
             result.channel = parsed.channel
-            result.channel_moved = adopt_channel(
-                reg, bundle.name, parsed.channel, bundle.digest, actor=actor,
-                reason=f"pulled from {self.spec.name} ({self.spec.url})",
-            )  # fmt: skip
+            result.tracking = f"{self.spec.name}/{parsed.channel}"
+            result.tracking_moved = track_channel(
+                reg, self.spec.name, bundle.name, parsed.channel, bundle.digest
+            )
         result.seconds = time.perf_counter() - t0
         return result
+
+    def pull_trust(self, reg: Registry, bundle_digest: str, actor: str) -> TrustPulled:
+        """Record the attestations and signatures the remote holds for the bundle."""
+        bundle_hex = hex_of(bundle_digest)
+        base = self.key(f"attestations/{bundle_hex}/")
+        attestations = {}
+        for key, _size in self._list(base):
+            digest = hex_name(key[len(base) :])
+            if digest is not None:
+                attestations[digest] = self._blob_loader(digest, MAX_ATTESTATION)
+        base = self.key(f"signatures/{bundle_hex}/")
+        signatures: dict[str, tuple[str | None, Any]] = {}
+        for key, _size in self._list(base):
+            key_id = key_id_of(key[len(base) :])
+            got = self._get_small(key, MAX_REF) if key_id else None
+            if key_id is None or got is None:
+                continue
+            try:
+                digest = check_digest(got[0].decode("ascii").strip(), f"signature by {key_id}")
+            except (UnicodeDecodeError, RegistryError):
+                signatures[key_id] = (None, _refuse(f"{key} does not hold a digest"))
+                continue
+            signatures[key_id] = (digest, self._blob_loader(digest, MAX_SIGNATURE))
+
+        def public_key(key_id: str) -> bytes | None:
+            got = self._get_small(self.key(f"keys/{key_hex(key_id)}.pub"), MAX_PUBLIC_KEY)
+            return got[0] if got else None
+
+        return import_trust(
+            reg, actor, bundle_digest, self.spec.name, attestations=attestations,
+            signatures=signatures, key=public_key,
+        )  # fmt: skip
+
+    def _blob_loader(self, digest: str, limit: int) -> Any:
+        def load() -> bytes | None:
+            got = self._get_small(self.blob_key(digest), limit)  # IntegrityError if larger
+            return got[0] if got else None
+
+        return load
 
     def _fetch_side(self, digest: str) -> bytes | None:
         got = self._get_small(self.blob_key(digest), MAX_MANIFEST)

@@ -1,9 +1,11 @@
 """What push and pull share, whichever the remote: the bundle as a set of blobs, strict
-checks on everything read back, verified blob intake, and importing rows and channels.
+checks on everything read back, verified blob intake, and importing rows and
+remote-tracking views.
 
-Write order on the way in (DESIGN.md): every file blob is verified and durable in the
+Write order on the way in (docs/design.md): every file blob is verified and durable in the
 store, then the component manifests, then the bundle manifest, then the database row that
-makes the bundle visible, then the channel position. An interrupted pull therefore leaves
+makes the bundle visible, then the remote-tracking view of a pulled channel (never the
+local channel: see registry/tracking.py). An interrupted pull therefore leaves
 at most unreferenced blobs (kept for the next run, or removed by `registry gc`).
 """
 
@@ -14,18 +16,25 @@ import errno
 import hashlib
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry import refs
 from registry.db import DBIntegrityError, now
 from registry.digest import Descriptor, is_digest, sha256_bytes, short
-from registry.errors import IntegrityError, InvalidInputError, RegistryError, RemoteError
+from registry.errors import (
+    IntegrityError,
+    InvalidInputError,
+    RegistryError,
+    RemoteError,
+    UsageError,
+)
 from registry.manifest import KINDS, BundleManifest, ComponentManifest
 from registry.store import hash_fd
 
 if TYPE_CHECKING:
+    from registry.identity import Identity
     from registry.repo import Registry
     from registry.store import BlobStore
 
@@ -348,6 +357,189 @@ def fetch_side_blobs(
     return [d for d in lacking if not reg.store.has(d)]
 
 
+# --- what vouches for a bundle: gate-run attestations and signatures ------------------------
+
+MAX_ATTESTATION = 4 * 1024 * 1024  # a DSSE envelope (registry.dsse.MAX_ENVELOPE)
+MAX_SIGNATURE = 16 * 1024 * 1024  # a model-signing bundle lists every file: allow many
+MAX_PUBLIC_KEY = 64 * 1024
+
+
+@dataclass
+class TrustRecords:
+    """What a push carries to vouch for a bundle: its gate runs' attestation blobs, its
+    `registry sign` signatures and the signers' public keys. All of it checks itself on
+    the way in (digests; signatures against keys whose id is the hash of the key)."""
+
+    attestations: dict[str, int] = field(default_factory=dict)  # blob digest -> size
+    signatures: dict[str, tuple[str, int]] = field(default_factory=dict)  # key id -> blob
+    keys: dict[str, bytes] = field(default_factory=dict)  # key id -> public PEM
+
+    def blobs(self) -> dict[str, int]:
+        """Every blob to send (digest -> size)."""
+        return {**self.attestations, **dict(self.signatures.values())}
+
+
+def key_hex(key_id: str) -> str:
+    """`key:<16 hex>` -> the 16 hex digits (how remotes name a key in paths)."""
+    return key_id.split(":", 1)[1]
+
+
+def key_id_of(text: str) -> str | None:
+    """The key id a remote path names (16 hex digits), None if it names none."""
+    from registry.keys import is_key_id
+
+    value = f"key:{text}"
+    return value if is_key_id(value) else None
+
+
+def hex_name(text: str) -> str | None:
+    """The digest a remote path names by its 64 hex digits, None if it names none."""
+    value = f"sha256:{text}"
+    return value if is_digest(value) else None
+
+
+def local_trust(reg: Registry, bundle_digest: str) -> TrustRecords:
+    """The bundle's attestations, signatures and signer keys this store holds (for a push)."""
+    from registry import gate_runs
+
+    out = TrustRecords()
+    for digest in gate_runs.attestations_of(reg, bundle_digest):
+        with contextlib.suppress(OSError):
+            out.attestations[digest] = reg.store.path(digest).stat().st_size
+    with reg.db.read() as conn:
+        sigs = conn.execute(
+            "SELECT signer, signature_digest FROM bundle_signature WHERE bundle_digest = :b"
+            " ORDER BY signer",
+            {"b": bundle_digest},
+        ).all()
+        pems = dict(conn.execute("SELECT id, public_pem FROM signing_key").all()) if sigs else {}
+    for signer, digest in sigs:
+        if signer not in pems or not is_digest(digest):
+            continue
+        with contextlib.suppress(OSError):
+            out.signatures[signer] = (digest, reg.store.path(digest).stat().st_size)
+            out.keys[signer] = pems[signer].encode("ascii")
+    return out
+
+
+@dataclass
+class TrustPulled:
+    """What a pull recorded of the remote's trust records for a bundle."""
+
+    gate_runs: int = 0  # attestations imported as gate runs
+    signatures: int = 0  # signatures recorded
+    notes: list[str] = field(default_factory=list)  # what was refused, and why
+
+
+Loader = Callable[[], bytes | None]  # a remote object's bytes (None: absent); bounded
+
+
+def import_trust(
+    reg: Registry,
+    actor: str | Identity,
+    bundle_digest: str,
+    origin: str,
+    *,
+    attestations: dict[str, Loader],
+    signatures: dict[str, tuple[str | None, Loader]],
+    key: Callable[[str], bytes | None],
+) -> TrustPulled:
+    """Record what a remote holds to vouch for an imported bundle.
+
+    `attestations`: digest (as the remote names it) -> loader of its bytes; each becomes
+    a gate run with origin `origin` (gate_runs.import_attestation: whether it counts is
+    the policy's `gate_signers` business, at promotion). `signatures`: signer key id ->
+    (the signature's digest if the remote names one, loader); each is recorded only if
+    it verifies for this bundle against the signer's key: this registry's copy, else the
+    remote's (`key(key_id)` -> PEM), accepted only if the sha256 of its DER is the id.
+    Anything bad is skipped with a note; nothing half-recorded stays."""
+    from registry import gate_runs, signing
+    from registry.identity import of
+
+    who = of(reg, actor)
+    out = TrustPulled()
+    with reg.db.read() as conn:
+        have = {
+            r[0]
+            for r in conn.execute(
+                "SELECT attestation FROM gate_run WHERE bundle_digest = :b"
+                " AND attestation IS NOT NULL",
+                {"b": bundle_digest},
+            ).all()
+        }
+        have_sigs = dict(
+            conn.execute(
+                "SELECT signer, signature_digest FROM bundle_signature WHERE bundle_digest = :b",
+                {"b": bundle_digest},
+            ).all()
+        )
+    for digest, load in sorted(attestations.items()):
+        if digest in have:
+            continue
+        what = f"gate-run attestation {short(digest)} on {origin}"
+        try:
+            data = _loaded(load, digest, MAX_ATTESTATION, what)
+            if gate_runs.import_attestation(reg, who, bundle_digest, data, origin) is not None:
+                out.gate_runs += 1
+        except (IntegrityError, UsageError) as exc:
+            out.notes.append(f"{what} refused: {_first(exc)}; skipped")
+    for signer, (digest, load) in sorted(signatures.items()):
+        if digest is not None and have_sigs.get(signer) == digest:
+            continue
+        what = f"signature by {signer} on {origin}"
+        try:
+            public = _signer_key(reg, signer, key)
+            data = _loaded(load, digest, MAX_SIGNATURE, what)
+            if signing.import_signature(reg, who, bundle_digest, public, data, origin):
+                out.signatures += 1
+        except (IntegrityError, UsageError) as exc:
+            out.notes.append(f"{what} refused: {_first(exc)}; skipped")
+    return out
+
+
+def _first(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _loaded(load: Loader, digest: str | None, limit: int, what: str) -> bytes:
+    data = load()
+    if data is None:
+        raise IntegrityError(f"{what} is listed but missing")
+    if len(data) > limit:
+        raise IntegrityError(f"{what} is larger than {limit} bytes")
+    if digest is not None and sha256_bytes(data) != digest:
+        raise IntegrityError(
+            f"its bytes do not match its name ({short(sha256_bytes(data))}): tampered or corrupt"
+        )
+    return data
+
+
+def _signer_key(reg: Registry, key_id: str, fetch: Callable[[str], bytes | None]) -> Any:
+    """The public key `key_id` names: this registry's copy, else the remote's; either only
+    if it really is that key (its id is the hash of its DER encoding)."""
+    from registry.keys import public_from_pem
+
+    with reg.db.read() as conn:
+        pem = conn.execute(
+            "SELECT public_pem FROM signing_key WHERE id = :i", {"i": key_id}
+        ).scalar()
+    if pem:
+        with contextlib.suppress(UsageError, UnicodeError):
+            known = public_from_pem(pem.encode("ascii"), f"public key {key_id}")
+            if known.id == key_id:
+                return known
+    data = fetch(key_id)
+    if data is None:
+        raise IntegrityError(f"the remote holds no public key for {key_id}")
+    if len(data) > MAX_PUBLIC_KEY:
+        raise IntegrityError(f"the remote's public key for {key_id} is too large")
+    public = public_from_pem(data, f"the remote's public key for {key_id}")
+    if public.id != key_id:
+        raise IntegrityError(f"the remote's public key for {key_id} is another key ({public.id})")
+    return public
+
+
 # --- importing rows -----------------------------------------------------------------------
 
 
@@ -364,7 +556,7 @@ class Imported:
 
 
 def import_bundle(
-    reg: Registry, bundle: BundleBlobs, remote_version: int | None, actor: str
+    reg: Registry, bundle: BundleBlobs, remote_version: int | None, actor: str | Identity
 ) -> Imported:
     """Insert the bundle's rows, keeping the remote's version number when it is free here.
 
@@ -376,6 +568,10 @@ def import_bundle(
     for digest, _data in bundle.manifest_blobs():
         if not reg.store.has(digest):
             raise IntegrityError(f"cannot import {bundle.name}: manifest {short(digest)} missing")
+    from registry.bundles import tag_event
+    from registry.identity import of
+
+    who = of(reg, actor)
     name = bundle.name
     for _attempt in range(10):
         try:
@@ -416,7 +612,7 @@ def import_bundle(
                         "p": bundle.manifest.parent,
                         "s": bundle.stored_size,
                         "t": now(),
-                        "a": actor,
+                        "a": who.user,
                     },
                 )
                 for kind, desc in bundle.manifest.components.items():
@@ -425,21 +621,35 @@ def import_bundle(
                         " VALUES (:b, :k, :d, :s)",
                         {"b": bundle.digest, "k": kind, "d": desc.digest, "s": desc.size},
                     )
+                tag_event(conn, who, name, version, bundle.digest)
                 return Imported(name, version, created=True, note=note)
         except DBIntegrityError:
             continue  # a concurrent add or pull took the number (PostgreSQL): look again
     raise IntegrityError(f"could not assign a version to {name} after 10 attempts")
 
 
-def adopt_channel(
-    reg: Registry, name: str, channel: str, digest: str, *, actor: str, reason: str
-) -> bool:
-    """Move the local channel to `digest` (an audited "sync" event) if it differs."""
-    try:
-        from registry import channels
-    except ImportError as exc:  # pragma: no cover - channels.py ships with the registry
-        raise RegistryError("this registry build has no channels module") from exc
-    return bool(channels.adopt(reg, name, channel, digest, actor=actor, reason=reason))
+def track_channel(reg: Registry, remote: str, name: str, channel: str, digest: str) -> bool:
+    """Record what `remote` said `name:channel` holds, in the read-only tracking view
+    `remote/channel` (registry/tracking.py). The local channel never moves on a pull:
+    adopting the bundle is a policy-gated `registry promote NAME:REMOTE/CHANNEL --to
+    CHANNEL`. Returns whether the view changed."""
+    from registry import tracking
+
+    return tracking.record(reg, remote, name, channel, digest).moved
+
+
+def remote_channel_ref(ref: str, remote: str) -> str:
+    """A pull names the channel as the remote knows it: `NAME:REMOTE/CHANNEL` (the local
+    view of this remote) is accepted as `NAME:CHANNEL`; a view of another remote is not."""
+    parsed = refs.parse(ref)
+    if parsed.remote is None:
+        return ref
+    if parsed.remote != remote:
+        raise UsageError(
+            f"{ref} is the tracking view of remote {parsed.remote}, not of {remote}",
+            f"Pull {parsed.name}:{parsed.remote_channel} --remote {remote}.",
+        )
+    return f"{parsed.name}:{parsed.remote_channel}"
 
 
 # --- references on a remote ---------------------------------------------------------------

@@ -208,9 +208,12 @@ def test_versions_tags_and_channels_on_the_hub(make_registry, tiny, hub) -> None
     channels = json.loads(content(hub, "main", "registry/channels.json"))
     assert channels["channels"] == {"production": {"digest": v2["digest"], "version": 2}}
     got = pull_json(b, "support-bot:production")
-    assert got["tag"] == "support-bot:v2" and got["channel_moved"]
-    history = json.loads(cli_ok(b, "history", "support-bot:production", "--json"))
-    assert [h["action"] for h in history] == ["sync", "sync"]
+    assert got["tag"] == "support-bot:v2" and got["tracking"] == "hub/production"
+    assert got["tracking_moved"]
+    # The tracking view moved; no local channel exists or moved.
+    view = json.loads(cli_ok(b, "history", "support-bot:hub/production", "--json"))
+    assert view["digest"] == v2["digest"]
+    assert run_cli("history", "support-bot:production", registry=b).code == 2
 
     # An older version's channel move leaves main's files (v2) in place.
     cli_ok(a, "rollback", "support-bot:production", "--reason", "incident")

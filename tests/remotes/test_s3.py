@@ -241,7 +241,7 @@ def test_versions_never_move_and_a_clash_is_imported_under_a_new_number(
     assert rows == {"support-bot:v1": theirs["digest"], "support-bot:v2": ours["digest"]}
 
 
-def test_channels_move_on_the_remote_and_pull_adopts_them(make_registry, tiny, s3: S3Env) -> None:
+def test_channels_move_on_the_remote_and_pull_tracks_them(make_registry, tiny, s3: S3Env) -> None:
     a, b = make_registry("a"), make_registry("b")
     policy = a.parent / "policy.toml"
     policy.write_text(POLICY)
@@ -252,7 +252,8 @@ def test_channels_move_on_the_remote_and_pull_adopts_them(make_registry, tiny, s
     add_remote(b, s3)
     cli_ok(a, "promote", "support-bot:v1", "--to", "production")
     assert push_json(a, "support-bot:production")["refs"] == ["v1", "production"]
-    assert pull_json(b, "support-bot:production")["channel_moved"]
+    first = pull_json(b, "support-bot:production")
+    assert first["tracking"] == "origin/production" and first["tracking_moved"]
     cli_ok(a, "promote", "support-bot:v2", "--to", "production")
     assert push_json(a, "support-bot:production")["refs"] == ["v2", "production"]
     assert refs_on(s3)["team/refs/support-bot/production"] == v2["digest"]
@@ -269,13 +270,15 @@ def test_channels_move_on_the_remote_and_pull_adopts_them(make_registry, tiny, s
     assert listed[0]["size"] > 0
     assert "support-bot:v2" in render_ls_remote(listed, "origin")
     got = pull_json(b, "support-bot:production")
-    assert got["tag"] == "support-bot:v2" and got["channel_moved"]
-    history = json.loads(cli_ok(b, "history", "support-bot:production", "--json"))
-    assert [(h["action"], h["to_tag"]) for h in history] == [
-        ("sync", "support-bot:v2"),
-        ("sync", "support-bot:v1"),
-    ]
-    assert v1["digest"] in history[0]["from_digest"]
+    assert got["tag"] == "support-bot:v2" and got["tracking_moved"]
+    # The pull moved the read-only tracking view, never a local channel.
+    view = json.loads(cli_ok(b, "history", "support-bot:origin/production", "--json"))
+    assert (view["tag"], view["digest"]) == ("support-bot:v2", v2["digest"])
+    assert run_cli("history", "support-bot:production", registry=b).code == 2
+    assert all(r["channels"] == [] for r in bundle_rows(b))
+    assert {r["tag"]: r["remote_channels"] for r in bundle_rows(b)} == {
+        "support-bot:v2": ["origin/production"], "support-bot:v1": []}  # fmt: skip
+    assert v1["digest"] != v2["digest"]
     assert "ok" in cli_ok(b, "audit", "verify")
 
 
