@@ -1,9 +1,10 @@
 """Garbage collection by reachability, with a grace period.
 
 Roots: every bundle (its manifest, component manifests, files and signatures), every gate run's
-evidence, every policy an event names. A blob no root reaches is removed only if it is
-older than the grace period: a concurrent `add` may have just written it and not yet
-inserted the row that references it (adds refresh the mtime of blobs they reuse).
+evidence and signed attestation, every policy an event names. A blob no root reaches is
+removed only if it is older than the grace period: a concurrent `add` may have just written
+it and not yet inserted the row that references it (adds refresh the mtime of blobs they
+reuse).
 Stale temp files from interrupted writes are removed under the same rule.
 """
 

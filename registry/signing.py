@@ -213,7 +213,6 @@ def verify(reg: Registry, ref: str, public_key: PublicKey) -> dict[str, Any]:
     not verify, or the manifest it vouches for is not the bundle's. Blob contents are not
     re-hashed here: `registry verify` does that beside it."""
     from registry import refs
-    from registry.export import load_plan
 
     with reg.db.read() as conn:
         row = refs.resolve(conn, ref)
@@ -228,6 +227,25 @@ def verify(reg: Registry, ref: str, public_key: PublicKey) -> dict[str, Any]:
             "Sign it with `registry sign REF --key PRIVATE_KEY`.",
         )
     data = reg.store.read_bytes(mine["signature_digest"])  # IntegrityError if tampered with
+    files = check_signature(reg, row, data, public_key)
+    return {
+        "digest": digest,
+        "tag": tag,
+        "signer": public_key.id,
+        "signature": mine["signature_digest"],
+        "signed_at": mine["created_at"],
+        "signed_by": mine["actor"],
+        "files": files,
+    }
+
+
+def check_signature(reg: Registry, row: dict[str, Any], data: bytes, public_key: PublicKey) -> int:
+    """What `verify` checks of a signature's bytes for the bundle `row` (digest, name,
+    version): signed by `public_key`, a sha256 file manifest of exactly the bundle's
+    layout. Raises IntegrityError (one line); returns the number of files it covers."""
+    from registry.export import load_plan
+
+    digest, tag = row["digest"], f"{row['name']}:v{row['version']}"
     try:
         signed = _verify_signature(data, public_key)
     except Exception as exc:  # noqa: BLE001  (ValueError, InvalidSignature, malformed JSON)
@@ -246,12 +264,59 @@ def verify(reg: Registry, ref: str, public_key: PublicKey) -> dict[str, Any]:
         raise IntegrityError(
             f"{tag}: the signature by {public_key.id} does not match the bundle: {problem}", ""
         )
-    return {
-        "digest": digest,
-        "tag": tag,
-        "signer": public_key.id,
-        "signature": mine["signature_digest"],
-        "signed_at": mine["created_at"],
-        "signed_by": mine["actor"],
-        "files": len(plan),
-    }
+    return len(plan)
+
+
+def import_signature(
+    reg: Registry, who: Identity, bundle_digest: str, public_key: PublicKey, data: bytes,
+    origin: str,
+) -> bool:
+    """Record a pulled signature of a bundle by `public_key` (untrusted bytes), as `registry
+    sign` records one: blob, then the signing_key, bundle_signature and `sign` event in one
+    transaction, so `registry audit verify` accounts for it. Only a signature `verify`
+    accepts for this bundle is recorded (IntegrityError otherwise). Returns False when this
+    registry already holds exactly this signature."""
+    from registry import audit
+    from registry.db import now
+    from registry.digest import sha256_bytes
+
+    with reg.db.read() as conn:
+        row = conn.execute(
+            "SELECT digest, name, version FROM bundle WHERE digest = :d", {"d": bundle_digest}
+        ).dicts()
+        have = conn.execute(
+            "SELECT signature_digest FROM bundle_signature WHERE bundle_digest = :b"
+            " AND signer = :k",
+            {"b": bundle_digest, "k": public_key.id},
+        ).scalar()
+    if not row:
+        raise IntegrityError(f"no bundle {bundle_digest[:19]} here to record a signature of")
+    if have == sha256_bytes(data):
+        return False
+    check_signature(reg, row[0], data, public_key)
+    sig = reg.store.put_bytes(data)
+    at = now()
+    with reg.db.write() as conn:
+        conn.execute(
+            "INSERT INTO signing_key (id, public_pem, first_seen) VALUES (:id, :pem, :at)"
+            " ON CONFLICT (id) DO NOTHING",
+            {"id": public_key.id, "pem": public_key.pem.decode("ascii"), "at": at},
+        )
+        conn.execute(
+            "INSERT INTO bundle_signature (bundle_digest, signer, signature_digest, created_at,"
+            " actor) VALUES (:b, :k, :s, :at, :a) ON CONFLICT (bundle_digest, signer) DO UPDATE"
+            " SET signature_digest = excluded.signature_digest,"
+            " created_at = excluded.created_at, actor = excluded.actor",
+            {"b": bundle_digest, "k": public_key.id, "s": sig.digest, "at": at, "a": who.user},
+        )
+        audit.append(
+            conn,
+            "sign",
+            who=who,
+            name=row[0]["name"],
+            to_digest=bundle_digest,
+            subject=sig.digest,
+            detail={"signer": public_key.id, "origin": origin},
+            reason=f"signature by {public_key.id} pulled from {origin}",
+        )
+    return True

@@ -78,6 +78,13 @@ def referenced(reg: Registry, ref: str | None) -> Iterator[tuple[Descriptor | st
                     "SELECT evidence_digest, gate FROM gate_run WHERE evidence_digest IS NOT NULL"
                 )
             ]
+            # signed attestations: a pulled run counts only while its envelope is readable
+            extra += [
+                (r[0], f"gate run {r[1]} attestation")
+                for r in conn.execute(
+                    "SELECT DISTINCT attestation, gate FROM gate_run WHERE attestation IS NOT NULL"
+                )
+            ]
             extra += [
                 (r[0], "policy")
                 for r in conn.execute(
