@@ -288,8 +288,9 @@ def loopback_s3() -> Iterator[str]:
 
 def model_signing_verify(path: Path, public_key: Path) -> None:
     """`python -m model_signing verify key` on an export: no registry code involved."""
-    cmd = [sys.executable, "-m", "model_signing", "verify", "key", "--signature",
-           str(path / "registry" / "model.sig"), "--public_key", str(public_key), str(path)]  # fmt: skip
+    sig = path / "registry" / "model.sig"
+    cmd = [sys.executable, "-m", "model_signing", "verify", "key", "--signature", str(sig),
+           "--public_key", str(public_key), str(path)]  # fmt: skip
     print("$ python -m model_signing verify key --signature "
           f"{path.name}/registry/model.sig --public_key {public_key.name} {path.name}")  # fmt: skip
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -271,7 +271,7 @@ def test_rollback_with_reason_shows_new_history(released: Path) -> None:
         rows = table_rows(app, "#history-table")
         assert rows[0][1:] == ["rollback", "support-bot:v2", "support-bot:v1", "tester",
                                "INC-1 refusals"]  # fmt: skip
-        assert "audit chain ok: 6 events" in text_of(app, "#audit-state")
+        assert "audit chain ok: 12 events" in text_of(app, "#audit-state")
         assert app.notes[-1][2] == "support-bot:production rolled back to support-bot:v1"
 
     app = drive(released, scenario)
@@ -435,8 +435,10 @@ def test_cas_conflict_with_another_user_shows_error(two_bundles: Path) -> None:
         assert "staging already holds support-bot:v2" in text_of(app, "#promote-verdict")
 
     drive(reg_path, scenario)
-    assert [(m["actor"], m["reason"]) for m in history(reg_path, "support-bot:staging")] == [
-        ("alice", "mine"), ("tester", "first")]  # fmt: skip
+    # the same OS user on both "machines" here; alice is only the display name
+    assert [(m["actor"], m["display"], m["reason"])
+            for m in history(reg_path, "support-bot:staging")] == [
+        ("tester", "alice", "mine"), ("tester", "", "first")]  # fmt: skip
 
 
 # --- help, palette, layout, start-up -----------------------------------------------------------
