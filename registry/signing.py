@@ -108,8 +108,7 @@ def _sign_manifest(manifest: Any, key: SigningKey) -> bytes:
 
 def sign(reg: Registry, ref: str, key: SigningKey, who: Identity) -> dict[str, Any]:
     """Sign REF's export layout with `key`; store the signature (replacing this key's)."""
-    from registry import audit, refs
-    from registry.db import now
+    from registry import refs
     from registry.export import SIGNATURE_PATH, load_plan
 
     with reg.db.read() as conn:
@@ -122,29 +121,7 @@ def sign(reg: Registry, ref: str, key: SigningKey, who: Identity) -> dict[str, A
         )
     data = _sign_manifest(build_manifest(row["name"], plan), key)
     sig = reg.store.put_bytes(data)
-    at = now()
-    with reg.db.write() as conn:
-        conn.execute(
-            "INSERT INTO signing_key (id, public_pem, first_seen) VALUES (:id, :pem, :at)"
-            " ON CONFLICT (id) DO NOTHING",
-            {"id": key.id, "pem": key.public.pem.decode("ascii"), "at": at},
-        )
-        conn.execute(
-            "INSERT INTO bundle_signature (bundle_digest, signer, signature_digest, created_at,"
-            " actor) VALUES (:b, :k, :s, :at, :a) ON CONFLICT (bundle_digest, signer) DO UPDATE"
-            " SET signature_digest = excluded.signature_digest,"
-            " created_at = excluded.created_at, actor = excluded.actor",
-            {"b": digest, "k": key.id, "s": sig.digest, "at": at, "a": who.user},
-        )
-        audit.append(
-            conn,
-            "sign",
-            who=who,
-            name=row["name"],
-            to_digest=digest,
-            subject=sig.digest,
-            detail={"signer": key.id},
-        )
+    at = _record(reg, who, row["name"], digest, key.public, sig.digest, {"signer": key.id}, "")
     return {
         "digest": digest,
         "tag": tag,
@@ -276,8 +253,6 @@ def import_signature(
     transaction, so `registry audit verify` accounts for it. Only a signature `verify`
     accepts for this bundle is recorded (IntegrityError otherwise). Returns False when this
     registry already holds exactly this signature."""
-    from registry import audit
-    from registry.db import now
     from registry.digest import sha256_bytes
 
     with reg.db.read() as conn:
@@ -295,6 +270,23 @@ def import_signature(
         return False
     check_signature(reg, row[0], data, public_key)
     sig = reg.store.put_bytes(data)
+    _record(
+        reg, who, row[0]["name"], bundle_digest, public_key, sig.digest,
+        {"signer": public_key.id, "origin": origin},
+        f"signature by {public_key.id} pulled from {origin}",
+    )  # fmt: skip
+    return True
+
+
+def _record(
+    reg: Registry, who: Identity, name: str, bundle_digest: str, public_key: PublicKey,
+    sig_digest: str, detail: dict[str, Any], reason: str,
+) -> str:  # fmt: skip
+    """The signer's key, the bundle_signature row (replacing this key's) and the `sign`
+    event that vouches for it, in one transaction (the blob is already durable)."""
+    from registry import audit
+    from registry.db import now
+
     at = now()
     with reg.db.write() as conn:
         conn.execute(
@@ -307,16 +299,10 @@ def import_signature(
             " actor) VALUES (:b, :k, :s, :at, :a) ON CONFLICT (bundle_digest, signer) DO UPDATE"
             " SET signature_digest = excluded.signature_digest,"
             " created_at = excluded.created_at, actor = excluded.actor",
-            {"b": bundle_digest, "k": public_key.id, "s": sig.digest, "at": at, "a": who.user},
+            {"b": bundle_digest, "k": public_key.id, "s": sig_digest, "at": at, "a": who.user},
         )
         audit.append(
-            conn,
-            "sign",
-            who=who,
-            name=row[0]["name"],
-            to_digest=bundle_digest,
-            subject=sig.digest,
-            detail={"signer": public_key.id, "origin": origin},
-            reason=f"signature by {public_key.id} pulled from {origin}",
-        )
-    return True
+            conn, "sign", who=who, name=name, to_digest=bundle_digest, subject=sig_digest,
+            detail=detail, reason=reason,
+        )  # fmt: skip
+    return at
