@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry import refs
+from registry import locks, refs
 from registry.digest import check_digest, hex_of, sha256_bytes, short
 from registry.errors import (
     ConflictError,
@@ -85,6 +85,7 @@ from registry.remotes.sync import (
     store_manifests,
     track_channel,
 )
+from registry.untrusted import load_json
 
 if TYPE_CHECKING:
     from registry.repo import Registry
@@ -208,7 +209,7 @@ def parse_index(versions: bytes | None, channels: bytes | None, where: str) -> I
         for data, key in ((versions, "versions"), (channels, "channels")):
             if data is None:
                 continue
-            obj = json.loads(data)
+            obj = load_json(data, f"registry/{key}.json")
             if not isinstance(obj, dict) or not isinstance(obj.get(key), dict):
                 raise ValueError(f"registry/{key}.json has no {key} object")
             name = obj.get("name")
@@ -568,6 +569,7 @@ class HubRemote:
 
     # --- pull -------------------------------------------------------------------------
 
+    @locks.writer("pull")
     def pull(
         self, reg: Registry, ref: str, *, actor: str, progress: ProgressFactory | None = None
     ) -> PullResult:

@@ -44,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry import refs
+from registry import locks, refs
 from registry.digest import canonical_json, check_digest, hex_of, short
 from registry.errors import (
     ConflictError,
@@ -60,7 +60,6 @@ from registry.remotes.sync import (
     MAX_SIGNATURE,
     BlobSink,
     BundleBlobs,
-    TrustPulled,
     TrustRecords,
     check_local_blobs,
     fetch_side_blobs,
@@ -75,6 +74,7 @@ from registry.remotes.sync import (
     missing_blobs,
     parse_remote_bundle,
     pick,
+    prefetch,
     remote_channel_ref,
     store_manifests,
     track_channel,
@@ -311,11 +311,12 @@ class S3Remote:
                 self._put_if(self.key(FORMAT_KEY), canonical_json(FORMAT), IfNoneMatch="*")
                 return True
             return False
-        import json
+        from registry.errors import InvalidInputError
+        from registry.untrusted import load_json
 
         try:
-            fmt = json.loads(got[0]).get("format")
-        except (ValueError, AttributeError):
+            fmt = load_json(got[0], FORMAT_KEY, max_bytes=1_000_000).get("format")
+        except (ValueError, AttributeError, InvalidInputError):
             fmt = None
         if fmt != FORMAT["format"]:
             raise RemoteError(
@@ -649,6 +650,7 @@ class S3Remote:
                         "digest": got[0], "channels": [parsed.channel]}  # fmt: skip
         return pick(parsed, self.list(), self.spec.name)
 
+    @locks.writer("pull")
     def pull(
         self, reg: Registry, ref: str, *, actor: str, progress: ProgressFactory | None = None
     ) -> PullResult:
@@ -671,9 +673,10 @@ class S3Remote:
             )
             self.download_blobs(reg, need, progress, f"pull {result.remote_tag}")
             store_manifests(reg, bundle)
+            trust_in = self.fetch_trust(bundle.digest)  # all network, before any row
             imported = import_bundle(reg, bundle, entry["version"], actor)
             # Before the side blobs: the evidence of pulled gate runs comes along with them.
-            trust = self.pull_trust(reg, bundle.digest, actor)
+            trust = import_trust(reg, actor, bundle.digest, self.spec.name, **trust_in)
             lacking = fetch_side_blobs(reg, bundle.digest, self._fetch_side)
         result.gate_runs, result.signatures = trust.gate_runs, trust.signatures
         result.notes += trust.notes
@@ -695,8 +698,9 @@ class S3Remote:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def pull_trust(self, reg: Registry, bundle_digest: str, actor: str) -> TrustPulled:
-        """Record the attestations and signatures the remote holds for the bundle."""
+    def fetch_trust(self, bundle_digest: str) -> dict[str, Any]:
+        """The attestations, signatures and signer keys the remote holds for the bundle,
+        fetched now (`import_trust`'s arguments; sync.prefetch)."""
         bundle_hex = hex_of(bundle_digest)
         base = self.key(f"attestations/{bundle_hex}/")
         attestations = {}
@@ -722,10 +726,7 @@ class S3Remote:
             got = self._get_small(self.key(f"keys/{key_hex(key_id)}.pub"), MAX_PUBLIC_KEY)
             return got[0] if got else None
 
-        return import_trust(
-            reg, actor, bundle_digest, self.spec.name, attestations=attestations,
-            signatures=signatures, key=public_key,
-        )  # fmt: skip
+        return prefetch(attestations, signatures, public_key)
 
     def _blob_loader(self, digest: str, limit: int) -> Any:
         def load() -> bytes | None:

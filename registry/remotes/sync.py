@@ -290,12 +290,13 @@ def store_manifests(reg: Registry, bundle: BundleBlobs) -> None:
 
 def _policy_parts(data: bytes) -> list[str]:
     """Digests a policy manifest names (its TOML text and eval files); [] if unreadable."""
-    import json
+    from registry.errors import InvalidInputError
+    from registry.untrusted import load_json
 
     try:
-        manifest = json.loads(data)
+        manifest = load_json(data, "policy manifest")
         parts = [manifest["policy"], *manifest.get("files", {}).values()]
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, InvalidInputError):
         return []
     return [d for d in parts if is_digest(d)]
 
@@ -495,6 +496,36 @@ def import_trust(
         except (IntegrityError, UsageError) as exc:
             out.notes.append(f"{what} refused: {_first(exc)}; skipped")
     return out
+
+
+def prefetch(
+    attestations: dict[str, Loader],
+    signatures: dict[str, tuple[str | None, Loader]],
+    key: Callable[[str], bytes | None],
+) -> dict[str, Any]:
+    """Call every loader now, so the network is done before the bundle's row is written
+    (a connection lost afterwards would fail a pull whose bundle is already imported);
+    returns `import_trust`'s keyword arguments with the bytes in hand. A loader that
+    refuses (IntegrityError: too large) refuses again at import, as a note."""
+
+    def now(load: Loader) -> Loader:
+        try:
+            data = load()
+        except IntegrityError as exc:
+            error = exc
+
+            def refuse() -> bytes | None:
+                raise error
+
+            return refuse
+        return lambda: data
+
+    keys = {k: now(lambda k=k: key(k)) for k in signatures}
+    return {
+        "attestations": {d: now(load) for d, load in attestations.items()},
+        "signatures": {k: (d, now(load)) for k, (d, load) in signatures.items()},
+        "key": lambda k: keys[k]() if k in keys else None,
+    }
 
 
 def _first(exc: BaseException) -> str:
