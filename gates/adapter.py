@@ -11,7 +11,6 @@ were not checked.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -53,9 +52,11 @@ def weight_files(root: Path) -> list[str]:
     """The safetensors files of a model directory: the index's shards, else every one."""
     index = root / INDEX
     if index.is_file():
+        from registry.untrusted import load_json
+
         try:
-            weight_map = json.loads(index.read_text("utf-8"))["weight_map"]
-        except (ValueError, KeyError, TypeError) as exc:
+            weight_map = load_json(index.read_bytes(), f"base {INDEX}")["weight_map"]
+        except (ValueError, KeyError, TypeError, AttributeError, RegistryError) as exc:
             raise GateError(f"base {INDEX} is unreadable: {exc}") from None
         return sorted({str(v) for v in weight_map.values()})
     return sorted(p.name for p in root.glob("*.safetensors"))
@@ -505,9 +506,11 @@ def _coverage_failure(c: dict[str, Any]) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    from registry.untrusted import load_json
+
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError) as exc:
+        data = load_json(path.read_bytes(), path.name)
+    except (OSError, RegistryError) as exc:
         raise GateError(f"{path.name} is unreadable: {exc}") from None
     return data if isinstance(data, dict) else {}
 

@@ -29,14 +29,15 @@ The policy digest is the sha256 of the canonical JSON
 
 from __future__ import annotations
 
-import tomllib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from registry import locks
 from registry.digest import canonical_json, sha256_bytes
 from registry.errors import PolicyError, UsageError
-from registry.paths import check_relpath, join_inside
+from registry.paths import check_relpath, resolve_inside
 from registry.refs import check_channel
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class Policy:
         if relpath not in self.files:
             raise PolicyError(f"{relpath} is not a file named by the policy")
         if self.root is not None:
-            return join_inside(self.root, relpath)
+            return confined(self.root, relpath)
         return self.blob_path(self.files[relpath])
 
     def channel(self, name: str) -> ChannelPolicy:
@@ -153,8 +154,40 @@ def _is_file_key(key: str) -> bool:
     return key in ("eval_set", "eval_sets") or key.endswith(("_file", "_files"))
 
 
+MAX_POLICY_BYTES = 1_000_000
+MAX_TIMEOUT_S = 86_400.0  # a day: any longer is no limit at all
+RATE_SUFFIXES = ("_rate", "_threshold", "_agreement")
+
+
+def _check_range(gate: str, key: str, value: Any, default: Any) -> None:
+    """Ranges every gate's numbers share, by the key's name and its default's type:
+    numbers finite; timeouts (`*_s`, `*timeout*`) positive and at most a day; rates,
+    similarity thresholds and agreements in [0, 1]; integer counts non-negative, and
+    positive where the default is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return
+    where = f"[gates.{gate}] {key}"
+    if not math.isfinite(value):
+        raise PolicyError(f"{where} must be a finite number, got {value}")
+    if "timeout" in key or (key.endswith("_s") and not key.endswith("per_s")):
+        if not 0 < value <= MAX_TIMEOUT_S:
+            raise PolicyError(
+                f"{where} must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:g},"
+                f" got {value:g}"
+            )
+    elif key.endswith(RATE_SUFFIXES):
+        if not 0 <= value <= 1:
+            raise PolicyError(f"{where} must be between 0 and 1, got {value:g}")
+    elif (
+        isinstance(default, int) and not isinstance(default, bool) and key != "seed"
+    ) and value < (1 if default > 0 else 0):
+        least = "positive" if default > 0 else "at least 0"
+        raise PolicyError(f"{where} is a count: it must be {least}, got {value:g}")
+
+
 def _check_type(gate: str, key: str, value: Any, default: Any) -> None:
     if default is None:
+        _check_range(gate, key, value, default)
         return
     ok = (
         isinstance(value, bool)
@@ -167,6 +200,7 @@ def _check_type(gate: str, key: str, value: Any, default: Any) -> None:
         raise PolicyError(
             f"[gates.{gate}] {key} must be a {type(default).__name__}, got {type(value).__name__}"
         )
+    _check_range(gate, key, value, default)
 
 
 def parse(
@@ -178,11 +212,22 @@ def parse(
     it was set: rollback reads only its channels and must stay fast).
     """
     from gates import catalog
+    from registry.errors import InvalidInputError
+    from registry.untrusted import MalformedError, load_toml
 
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"policy is not valid TOML: {exc}") from None
+        data = load_toml(text, "policy", max_bytes=MAX_POLICY_BYTES)
+    except MalformedError as exc:
+        detail = str(exc).removeprefix("policy is not valid TOML (").removesuffix(")")
+        raise PolicyError(f"policy is not valid TOML: {detail}") from None
+    except InvalidInputError as exc:
+        raise PolicyError(str(exc)) from None
+    for section in ("channels", "gates"):
+        if section in data and not isinstance(data[section], dict):
+            raise PolicyError(
+                f"policy {section} must be a table ([{section}.NAME] sections),"
+                f" not a {type(data[section]).__name__}"
+            )
     if extra := set(data) - {"channels", "gates", "admin"}:
         raise PolicyError(f"unknown policy section(s): {', '.join(sorted(extra))}")
     files: dict[str, str] = {}
@@ -259,11 +304,13 @@ def parse(
             for key, default in catalog.load(gate).defaults.items():
                 if _is_file_key(key) and key not in gates.get(gate, {}) and default:
                     for rel in default if isinstance(default, list) else [default]:
-                        if join_inside(root, check_relpath_policy(rel)).is_file():
+                        candidate = root.joinpath(*check_relpath_policy(rel).split("/"))
+                        if candidate.is_symlink() or candidate.is_file():
+                            confined(root, rel)  # a link out of the directory is refused
                             files.setdefault(rel, "")
     if root is not None and check_files:
         for rel in files:
-            path = join_inside(root, rel)
+            path = confined(root, rel)
             if not path.is_file():
                 raise PolicyError(f"policy names {rel}, which does not exist next to the policy")
             files[rel] = sha256_bytes(path.read_bytes())
@@ -278,6 +325,20 @@ def _names(value: Any, where: str, files: dict[str, str]) -> list[str]:
         if is_key_file(entry):
             files[check_relpath_policy(entry)] = ""
     return list(value)
+
+
+def confined(root: Path, rel: str) -> Path:
+    """The real path of a file the policy names: symlinks followed, and refused unless it
+    stays inside the policy file's directory (an eval set or key file linked to
+    /etc/passwd would otherwise be hashed, stored and pushed)."""
+    check_relpath_policy(rel)
+    try:
+        return resolve_inside(root, rel)
+    except UsageError:
+        raise PolicyError(
+            f"policy names {rel}, which resolves outside the policy's directory {root}",
+            "Copy the file next to the policy instead of linking to it.",
+        ) from None
 
 
 def check_relpath_policy(rel: str) -> str:
@@ -296,6 +357,12 @@ def _unknown_gate(name: str, where: str) -> None:
 
 
 def load_file(path: Path) -> Policy:
+    from registry.paths import check_user_path
+
+    try:
+        check_user_path(path, "policy file")
+    except UsageError as exc:
+        raise PolicyError(str(exc)) from None
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
@@ -310,6 +377,7 @@ def load_file(path: Path) -> Policy:
 SETTING_KEY = "policy"
 
 
+@locks.writer("policy set")
 def store(reg: Registry, policy: Policy, *, actor: Any, reason: str = "") -> bool:
     """Make `policy` the registry's policy: blobs first, then the setting and an audit event.
 
@@ -337,7 +405,7 @@ def store(reg: Registry, policy: Policy, *, actor: Any, reason: str = "") -> boo
     if policy.root is None:
         raise PolicyError("only a policy read from a file can be set")
     for rel, digest in policy.files.items():
-        data = join_inside(policy.root, rel).read_bytes()
+        data = confined(policy.root, rel).read_bytes()
         if sha256_bytes(data) != digest:
             raise PolicyError(f"{rel} changed while the policy was being set; try again")
         reg.store.put_bytes(data)
@@ -372,10 +440,10 @@ def current_digest(reg: Registry) -> str | None:
 
 def load_stored(reg: Registry, digest: str, *, validate: bool = True) -> Policy:
     """A policy from the store (its manifest digest), eval sets read from blobs."""
-    import json
+    from registry.untrusted import load_json
 
-    manifest = json.loads(reg.store.read_bytes(digest))
-    if manifest.get("schema") != SCHEMA:
+    manifest = load_json(reg.store.read_bytes(digest), f"policy manifest {digest}")
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
         raise PolicyError(f"blob {digest} is not a policy manifest")
     text = reg.store.read_bytes(manifest["policy"]).decode("utf-8")
     policy = parse(text, None, check_files=False, validate=validate)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,17 +119,29 @@ class Rows:
 
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any, str | None]]:
-    """(line, row or None, error) for each non-blank line."""
+    """(line, row or None, error) for each non-blank line.
+
+    Rows go through the front door (registry.untrusted): deep nesting, NaN, Infinity, huge
+    integers and lone surrogates are bad lines, like malformed JSON."""
+    from registry.errors import InvalidInputError
+    from registry.untrusted import MalformedError, load_json
+
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
             try:
-                yield lineno, json.loads(raw), None
+                raw.decode("utf-8")
             except UnicodeDecodeError:
                 yield lineno, None, "line is not UTF-8"
-            except ValueError as exc:
-                yield lineno, None, f"line is not JSON ({exc})"
+                continue
+            try:
+                row, err = load_json(raw, "line"), None
+            except MalformedError as exc:
+                row, err = None, f"line is not JSON ({str(exc).split(' JSON (', 1)[-1]}"
+            except InvalidInputError as exc:
+                row, err = None, str(exc)
+            yield lineno, row, err
 
 
 def parse_jsonl(path: Path, label: str) -> Iterator[tuple[int, Any]]:

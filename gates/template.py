@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import functools
 import itertools
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,8 @@ from typing import Any
 
 from gates.base import Gate, GateContext, GateResult
 from gates.sandbox import MAX_OUTPUT_CHARS, TIMEOUT_S, RenderError, Sandbox
-from registry.errors import GateError
+from registry.errors import GateError, InvalidInputError
+from registry.untrusted import load_json
 
 SPECIAL_TOKEN_KEYS = (
     "bos_token",
@@ -52,8 +52,8 @@ def _component_file(ctx: GateContext, kind: str, path: str) -> bytes | None:
 
 def _template_from_config(data: bytes | None) -> str | None:
     try:
-        cfg = json.loads(data) if data else None
-    except (ValueError, UnicodeDecodeError):
+        cfg = load_json(data, "tokenizer_config.json") if data else None
+    except InvalidInputError:
         return None
     tmpl = cfg.get("chat_template") if isinstance(cfg, dict) else None
     if isinstance(tmpl, list):  # named templates: [{"name": "default", "template": ...}]
@@ -99,8 +99,8 @@ def load_tokenizer(ctx: GateContext) -> Any:
 
 def _json_file(path: Path) -> dict[str, Any]:
     try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, ValueError):
+        data = load_json(path.read_bytes(), path.name)
+    except (OSError, InvalidInputError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -153,8 +153,8 @@ def dataset_conversations(ctx: GateContext, count: int) -> list[tuple[str, list[
         with open(root / path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
                 try:
-                    row = json.loads(raw)
-                except ValueError:
+                    row = load_json(raw, "dataset row")
+                except InvalidInputError:
                     continue
                 msgs = row.get("messages") if isinstance(row, dict) else None
                 if (

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any
 
-from registry.errors import IntegrityError
+from registry.errors import IntegrityError, InvalidInputError
 from registry.keys import PublicKey, SigningKey, public_from_pem
+from registry.untrusted import load_json
 
 INTOTO_PAYLOAD_TYPE = "application/vnd.in-toto+json"
 MAX_ENVELOPE = 4 * 1024 * 1024
@@ -41,7 +41,7 @@ def parse(data: bytes, where: str = "envelope") -> dict[str, Any]:
     if len(data) > MAX_ENVELOPE:
         raise IntegrityError(f"{where} is larger than {MAX_ENVELOPE} bytes")
     try:
-        env = json.loads(data)
+        env = load_json(data, where, max_bytes=MAX_ENVELOPE)
         payload = base64.b64decode(env["payload"], validate=True)
         sigs = [
             (str(s.get("keyid", "")), base64.b64decode(s["sig"], validate=True))
@@ -49,7 +49,9 @@ def parse(data: bytes, where: str = "envelope") -> dict[str, Any]:
         ]
         if not isinstance(env["payloadType"], str) or not sigs:
             raise ValueError("no signature")
-    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error, RecursionError):
+    except (
+        ValueError, KeyError, TypeError, AttributeError, binascii.Error, InvalidInputError
+    ):  # fmt: skip
         raise IntegrityError(f"{where} is not a DSSE envelope") from None
     return {"payloadType": env["payloadType"], "payload": payload, "signatures": sigs}
 

@@ -10,7 +10,6 @@ used for anything read back from the store or a remote.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,9 +181,11 @@ class BundleManifest:
 
 
 def _loads(data: bytes, what: str) -> Any:
+    from registry.untrusted import MalformedError, load_json
+
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        obj = load_json(data, what)
+    except MalformedError as exc:
         raise InvalidInputError(f"{what} is not valid UTF-8 JSON: {exc}") from None
     if canonical_json(obj) != data:
         raise InvalidInputError(f"{what} is not in canonical JSON form")

@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-from registry.errors import UnsafePathError
+from registry.errors import InvalidInputError, UnsafePathError
 
 _DRIVE_RE = re.compile(r"^[A-Za-z]:")
 _ENCODED_SEP_RE = re.compile(r"%(2f|5c|2e)", re.IGNORECASE)
@@ -24,6 +24,11 @@ def check_relpath(path: str) -> str:
         raise UnsafePathError("empty path in manifest")
     if len(path) > MAX_PATH_LENGTH:
         raise UnsafePathError(f"path longer than {MAX_PATH_LENGTH} characters")
+    if not _is_utf8(path):
+        raise UnsafePathError(
+            f"path {_shown(path)} is not valid UTF-8",
+            "Rename the file: bundle paths are UTF-8 text.",
+        )
     if any(ord(c) < 32 or c == "\x7f" for c in path):
         raise UnsafePathError(f"path {path!r} contains a control character")
     if "\\" in path or _ENCODED_SEP_RE.search(path):
@@ -39,6 +44,50 @@ def check_relpath(path: str) -> str:
     return path
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of a file name (surrogateescape)
+        return False
+    return True
+
+
+def _shown(text: str, limit: int = 200) -> str:
+    """repr of a path, shortened, with undecodable bytes escaped."""
+    shown = repr(text if len(text) <= limit else text[:limit] + "...")
+    return shown.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+MAX_NAME_BYTES = 255  # one path component (NAME_MAX on Linux and macOS)
+
+
+def check_user_path(path: Path | str, what: str) -> Path:
+    """A path the user typed (an option or argument): short enough for the OS, and text.
+
+    Checked before any file access, so an over-long path is a clean usage error rather
+    than the OS's ENAMETOOLONG, and a non-UTF-8 name is refused before it could reach a
+    manifest.
+    """
+    text = os.fspath(path)
+    if len(text) > MAX_PATH_LENGTH:
+        raise InvalidInputError(
+            f"{what}: path is longer than {MAX_PATH_LENGTH} characters ({len(text)})",
+            "Use a shorter path, or cd closer to the file.",
+        )
+    if not _is_utf8(text):
+        raise InvalidInputError(
+            f"{what}: path {_shown(text)} is not valid UTF-8",
+            "Rename it to a UTF-8 name.",
+        )
+    for part in Path(text).parts:
+        if len(part.encode("utf-8")) > MAX_NAME_BYTES:
+            raise InvalidInputError(
+                f"{what}: a path component is longer than {MAX_NAME_BYTES} bytes",
+                "No file system holds such a name; check the path.",
+            )
+    return Path(text)
+
+
 def join_inside(root: Path, relpath: str) -> Path:
     """`root / relpath` after checking `relpath`; the result cannot leave `root`."""
     check_relpath(relpath)
@@ -49,6 +98,18 @@ def join_inside(root: Path, relpath: str) -> Path:
     if real_parent != real_root and not real_parent.startswith(real_root + os.sep):
         raise UnsafePathError(f"path {relpath!r} leaves its directory through a symlink")
     return target
+
+
+def resolve_inside(root: Path, relpath: str) -> Path:
+    """The real path of `root / relpath`, every symlink followed (the file itself too),
+    or UnsafePathError when that leaves `root`. For files that are read, never written:
+    `join_inside` checks only the parent, since a target being written may not exist."""
+    target = join_inside(root, relpath)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(target)
+    if not real.startswith(real_root + os.sep):
+        raise UnsafePathError(f"path {relpath!r} leaves {root} through a symlink")
+    return Path(real)
 
 
 def walk_files(root: Path) -> list[tuple[str, Path]]:
@@ -64,6 +125,8 @@ def walk_files(root: Path) -> list[tuple[str, Path]]:
         for name in list(dirnames) + sorted(filenames):
             full = Path(dirpath) / name
             rel = full.relative_to(root).as_posix()
+            if not _is_utf8(rel):
+                check_relpath(rel)  # raises: a non-UTF-8 name cannot go in a manifest
             if full.is_symlink():
                 real = os.path.realpath(full)
                 if real != real_root and not real.startswith(real_root + os.sep):

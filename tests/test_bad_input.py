@@ -185,3 +185,150 @@ def test_registry_path_that_does_not_exist(tmp_path) -> None:  # noqa: ANN001
     res = run_cli("ls", registry=tmp_path / "missing")
     assert res.code == 2 and "no registry at" in res.err and "registry init" in res.err
     assert not (tmp_path / "missing").exists()
+
+
+# --- the front door for structured input (issue 13): one row per red-team case ----------
+# Each builder returns the CLI arguments of a command given the bad input; every row must
+# exit with its code, print one `error:` line holding its fragment (never "unexpected",
+# never a traceback) and leave the registry exactly as it was.
+
+DEEP = 100_000  # far past json's, PyYAML's and tomllib's recursion limits
+
+
+def _adapter_cfg(tiny, tmp_path, edit) -> list:  # noqa: ANN001
+    ad = copy(tiny["adapter"], tmp_path, "ad")
+    path = ad / "adapter_config.json"
+    path.write_text(edit(path.read_text()))
+    return with_adapter(tiny, ad)
+
+
+def _adapter_key(key: str, literal: str):  # noqa: ANN202
+    """adapter_config.json with `key` set to a raw JSON literal (NaN, 1e400, ...)."""
+    def build(tiny, tmp_path) -> list:  # noqa: ANN001
+        def edit(text: str) -> str:
+            cfg = json.loads(text)
+            cfg[key] = "@@"
+            return json.dumps(cfg).replace('"@@"', literal)
+        return _adapter_cfg(tiny, tmp_path, edit)
+    return build
+
+
+def _rslora_negative_rank(tiny, tmp_path) -> list:  # noqa: ANN001
+    def edit(text: str) -> str:
+        cfg = json.loads(text)
+        cfg.update(r=-8, use_rslora=True)
+        return json.dumps(cfg)
+    return _adapter_cfg(tiny, tmp_path, edit)
+
+
+def _header(header: bytes):  # noqa: ANN202
+    def build(tiny, tmp_path) -> list:  # noqa: ANN001
+        ad = copy(tiny["adapter"], tmp_path, "ad")
+        (ad / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+        return with_adapter(tiny, ad)
+    return build
+
+
+def _dataset_row(row: bytes):  # noqa: ANN202
+    def build(tiny, tmp_path) -> list:  # noqa: ANN001
+        ds = copy(tiny["dataset"], tmp_path, "ds")
+        (ds / "train.jsonl").write_bytes(row + b"\n")
+        args = add_args(tiny)
+        args[args.index("--dataset") + 1] = str(ds)
+        return args
+    return build
+
+
+def _config(name: str, text: str):  # noqa: ANN202
+    def build(tiny, tmp_path) -> list:  # noqa: ANN001
+        path = tmp_path / name
+        path.write_text(text, "utf-8")
+        args = add_args(tiny)
+        args[args.index("--config") + 1] = str(path)
+        return args
+    return build
+
+
+def _policy(text: str):  # noqa: ANN202
+    def build(tiny, tmp_path) -> list:  # noqa: ANN001
+        path = tmp_path / "policy.toml"
+        path.write_text(text, "utf-8")
+        return ["policy", "set", str(path)]
+    return build
+
+
+def _non_utf8_file_name(tiny, tmp_path) -> list:  # noqa: ANN001
+    ad = copy(tiny["adapter"], tmp_path, "ad")
+    (ad / os.fsdecode(b"notes-\xff.txt")).write_text("x")
+    return with_adapter(tiny, ad)
+
+
+def _long_path(tiny, tmp_path) -> list:  # noqa: ANN001
+    return with_adapter(tiny, tmp_path / ("a/" * 2100))
+
+
+_LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+)  # fmt: skip
+_ANCHORS_2_40 = "a0: &a0 [x, x]\n" + "".join(
+    f"a{i + 1}: &a{i + 1} [*a{i}, *a{i}]\n" for i in range(40)
+)  # 80 aliases expanding to 2**41 values
+
+FRONT_DOOR = [
+    ("header-deep", _header(b'{"x":' + b"[" * DEEP + b"]" * DEEP + b"}"), 2, "nested deeper than 64"),
+    ("header-nan", _header(b'{"__metadata__": {}, "x": NaN}'), 2, "NaN"),
+    ("adapter-config-deep", _adapter_key("extra", "[" * DEEP + "]" * DEEP), 2, "nested deeper than 64"),
+    ("adapter-config-nan", _adapter_key("lora_alpha", "NaN"), 2, "has NaN"),
+    ("adapter-config-infinity", _adapter_key("lora_alpha", "-Infinity"), 2, "has -Infinity"),
+    ("adapter-config-huge-int", _adapter_key("r", "9" * 5000), 2, "5000 digits"),
+    ("adapter-config-surrogate", _adapter_key("base_model_name_or_path", '"\\ud800"'), 2, "not valid UTF-8"),
+    ("rslora-negative-rank", _rslora_negative_rank, 2, "r must be a positive integer"),
+    ("lora-dropout-1e400", _adapter_key("lora_dropout", "1e400"), 2, "does not fit a 64-bit float"),
+    ("lora-dropout-1.5", _adapter_key("lora_dropout", "1.5"), 2, "lora_dropout must be"),
+    ("dataset-row-deep", _dataset_row(b'{"x": ' + b"[" * DEEP + b"]" * DEEP + b"}"), 2, "train.jsonl line 1 is nested deeper"),
+    ("dataset-row-nan", _dataset_row(b'{"text": "a", "score": NaN}'), 2, "train.jsonl line 1 has NaN"),
+    ("dataset-row-huge-int", _dataset_row(b'{"text": "a", "n": ' + b"1" * 5000 + b"}"), 2, "5000 digits"),
+    ("dataset-row-surrogate", _dataset_row(b'{"text": "\\udc00"}'), 2, "not valid UTF-8"),
+    ("config-json-surrogate", _config("train.json", '{"learning_rate": 0.001, "note": "\\ud800"}'), 2, "not valid UTF-8"),
+    ("config-json-deep", _config("train.json", '{"x": ' + "[" * DEEP + "]" * DEEP + "}"), 2, "nested deeper than 64"),
+    ("config-yaml-nan", _config("train.yaml", "learning_rate: .nan\n"), 2, "non-finite number"),
+    ("config-yaml-huge-int", _config("train.yaml", "steps: " + "9" * 5000 + "\n"), 2, "integer too large"),
+    ("config-yaml-deep", _config("train.yaml", "x: " + "[" * 5000 + "]" * 5000 + "\n"), 2, "nested deeper than 64"),
+    ("config-yaml-circular-alias", _config("train.yaml", "a: &a [1, *a]\n"), 2, "circular alias"),
+    ("config-yaml-date-key", _config("train.yaml", "2024-01-01: warmup\n"), 2, "key that is not a string"),
+    ("config-yaml-billion-laughs", _config("train.yaml", _LAUGHS), 2, "aliases"),
+    ("config-yaml-2-40-anchors", _config("train.yaml", _ANCHORS_2_40), 2, "expands to more than"),
+    ("config-yaml-python-tag", _config("train.yaml", "x: !!python/object/apply:os.system [true]\n"), 2, "YAML tag"),
+    ("config-toml-huge-int", _config("train.toml", "steps = " + "9" * 5000 + "\n"), 2, "integer too large"),
+    ("non-utf8-file-name", _non_utf8_file_name, 2, "is not valid UTF-8"),
+    ("path-over-4096", _long_path, 2, "longer than 4096 characters"),
+    ("policy-deep", _policy("x = " + "[" * DEEP + "]" * DEEP + "\n"), 2, "nested deeper than 64"),
+    ("policy-huge-int", _policy("[gates.chat-template]\nsamples = " + "9" * 5000 + "\n"), 2, "integer too large"),
+    ("policy-channels-not-table", _policy("channels = 5\n"), 2, "channels must be a table"),
+    ("policy-gates-not-table", _policy('gates = ["x"]\n'), 2, "gates must be a table"),
+    ("policy-timeout-nan", _policy("[gates.chat-template]\ntimeout_s = nan\n"), 2, "non-finite number"),
+    ("policy-timeout-negative", _policy("[gates.chat-template]\ntimeout_s = -1\n"), 2, "timeout_s must be"),
+    ("policy-timeout-1e308", _policy("[gates.chat-template]\ntimeout_s = 1e308\n"), 2, "timeout_s must be"),
+    ("policy-rate-above-1", _policy("[gates.dataset-audit]\nmax_duplicate_rate = 2\n"), 2, "between 0 and 1"),
+    ("policy-count-zero", _policy("[gates.chat-template]\nsamples = 0\n"), 2, "must be positive"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("build", "code", "message"), [r[1:] for r in FRONT_DOOR],
+                         ids=[r[0] for r in FRONT_DOOR])  # fmt: skip
+def test_front_door_refuses_cleanly(seeded, reg_path, tiny, tmp_path, build, code, message) -> None:  # noqa: ANN001
+    import time
+
+    args = build(tiny, tmp_path)
+    started = time.monotonic()
+    before = snapshot(reg_path)
+    res = seeded(*args)
+    assert time.monotonic() - started < 30, "refusal took too long"
+    assert "unexpected" not in res.err and "Traceback" not in res.err, res.err
+    assert res.code == code, (res.code, res.out, res.err)
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.err
+    assert message in lines[0], lines[0]
+    assert snapshot(reg_path) == before
+    tmp_blobs = reg_path / "blobs" / "tmp"
+    assert not tmp_blobs.exists() or not any(tmp_blobs.iterdir())

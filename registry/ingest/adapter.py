@@ -29,6 +29,19 @@ def parse_adapter_config(cfg: Any, where: str = "adapter_config.json") -> dict[s
         for key, value in (("r", r), ("lora_alpha", alpha)):
             if not isinstance(value, int | float) or isinstance(value, bool):
                 raise InvalidInputError(f"{where}: {key} must be a number, got {value!r}")
+        if not isinstance(r, int) or r <= 0:
+            raise InvalidInputError(f"{where}: r must be a positive integer, got {r!r}")
+        if not math.isfinite(alpha):
+            raise InvalidInputError(f"{where}: lora_alpha must be a finite number, got {alpha!r}")
+        dropout = cfg.get("lora_dropout")
+        if dropout is not None and (
+            not isinstance(dropout, int | float)
+            or isinstance(dropout, bool)
+            or not 0 <= dropout < 1
+        ):
+            raise InvalidInputError(
+                f"{where}: lora_dropout must be a number at least 0 and below 1, got {dropout!r}"
+            )
         targets = cfg.get("target_modules")
         if isinstance(targets, list):
             targets = sorted(str(t) for t in targets)

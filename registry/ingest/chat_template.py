@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 from registry.errors import InvalidInputError
-from registry.ingest.common import Staged, read_json
+from registry.ingest.common import Staged, check_content, read_json
 
 MAX_TEMPLATE = 1_000_000
 FILE_NAME = "chat_template.jinja"
@@ -36,6 +36,7 @@ def stage(path: Path) -> Staged:
         raise InvalidInputError(f"chat template {path} is not a file")
     if path.stat().st_size > MAX_TEMPLATE:
         raise InvalidInputError(f"chat template {path} is larger than {MAX_TEMPLATE} bytes")
+    check_content(f"chat template {path.name}", path, allow_pickle=False)
     if path.suffix == ".json":
         cfg = read_json(path, "chat template")
         text = cfg.get("chat_template") if isinstance(cfg, dict) else None

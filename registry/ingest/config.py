@@ -3,45 +3,43 @@
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 from typing import Any
 
 from registry.errors import InvalidInputError
-from registry.ingest.common import Staged
+from registry.ingest.common import Staged, check_content
 
 SUFFIXES = {".yaml": "yaml", ".yml": "yaml", ".json": "json", ".toml": "toml"}
+MAX_CONFIG = 10_000_000  # bytes: a hyperparameter file, not a data set
 
 
 def parse(path: Path) -> tuple[str, dict[str, Any]]:
     fmt = SUFFIXES.get(path.suffix.lower())
     if fmt is None:
         raise InvalidInputError(f"config {path.name}: use a .yaml, .json or .toml file")
+    from registry import untrusted
+
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise InvalidInputError(f"config {path} does not exist") from None
     except UnicodeDecodeError:
         raise InvalidInputError(f"config {path.name} is not UTF-8") from None
-    try:
-        if fmt == "json":
-            data = json.loads(text)
-        elif fmt == "toml":
-            data = tomllib.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)  # safe_load: no Python object tags
-    except Exception as exc:  # each parser has its own error type; all mean "malformed"
-        raise InvalidInputError(f"config {path.name} is not valid {fmt}: {exc}") from None
+    # The front door: limits on depth, size, aliases and numbers; only the safe YAML tags.
+    load = {"json": untrusted.load_json, "toml": untrusted.load_toml, "yaml": untrusted.load_yaml}
+    data = load[fmt](text, f"config {untrusted.printable(path.name)}", max_bytes=MAX_CONFIG)
     if not isinstance(data, dict):
         raise InvalidInputError(f"config {path.name} must hold a mapping of hyperparameters")
     return fmt, data
 
 
 def stage(path: Path) -> Staged:
+    from registry.paths import check_user_path
+
+    check_user_path(path, "config")
     if not path.is_file():
         raise InvalidInputError(f"config {path} is not a file")
+    check_content(f"config {path.name}", path, allow_pickle=False)
     fmt, data = parse(path)
     staged = Staged("config")
     staged.add(path.name, path)

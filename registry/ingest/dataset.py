@@ -9,13 +9,13 @@ the dataset-audit gate fails it.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
 from registry.errors import InvalidInputError
 from registry.ingest.common import Staged, scan_dir
+from registry.untrusted import MalformedError, load_json
 
 _LICENSE_RE = re.compile(r"^license:\s*['\"]?([^'\"\s#]+)", re.MULTILINE)
 
@@ -48,12 +48,15 @@ def scan_split(path: Path, rel: str) -> tuple[int, dict[str, int]]:
             if not raw.strip():
                 continue
             try:
-                row = json.loads(raw.decode("utf-8"))
+                raw.decode("utf-8")
             except UnicodeDecodeError:
                 raise InvalidInputError(f"dataset {rel} line {lineno} is not UTF-8") from None
-            except json.JSONDecodeError as exc:
+            try:
+                row = load_json(raw, f"dataset {rel} line {lineno}")
+            except MalformedError as exc:
+                detail = str(exc).split(" is not valid JSON ", 1)[-1]
                 raise InvalidInputError(
-                    f"dataset {rel} line {lineno} is not JSON: {exc.msg}"
+                    f"dataset {rel} line {lineno} is not JSON: {detail}"
                 ) from None
             if not isinstance(row, dict):
                 raise InvalidInputError(f"dataset {rel} line {lineno} is not a JSON object")
@@ -64,6 +67,9 @@ def scan_split(path: Path, rel: str) -> tuple[int, dict[str, int]]:
 
 
 def stage(root: Path, *, license: str | None = None) -> Staged:
+    from registry.paths import check_user_path
+
+    check_user_path(root, "dataset")
     staged, _ = scan_dir(root, "dataset", allow_pickle=False)
     splits: dict[str, int] = {}
     formats: dict[str, int] = {}

@@ -15,7 +15,7 @@ from registry.ingest import config as config_mod
 from registry.ingest import dataset as dataset_mod
 from registry.ingest import tokenizer as tokenizer_mod
 from registry.ingest.common import Staged, check_file, read_json, weights_summary
-from registry.paths import walk_files
+from registry.paths import check_user_path, walk_files
 from registry.repo import Registry
 
 
@@ -49,7 +49,7 @@ def stage_from_output(root: Path, *, allow_pickle: bool) -> tuple[dict[str, Stag
         raise InvalidInputError(f"--from {root} has no adapter_model.safetensors")
     staged_adapter.meta["weights"] = weights_summary(headers)
     top = [r for r in files if "/" not in r]
-    staged_tok = tokenizer_mod.stage_from(root, top)
+    staged_tok = tokenizer_mod.stage_from(root, top, allow_pickle=allow_pickle)
     out = {"adapter": staged_adapter, "tokenizer": staged_tok}
     template = tokenizer_mod.own_template(staged_tok.files, root)
     if template:
@@ -87,6 +87,13 @@ def stage_bundle(
 
     comps: dict[str, Staged] = {}
     notes: list[str] = []
+    paths = {"--adapter": adapter, "--tokenizer": tokenizer, "--chat-template": chat_template,
+             "--dataset": dataset, "--config": config, "--from": from_dir}  # fmt: skip
+    for option, value in paths.items():
+        if value is not None:
+            check_user_path(value, option)
+    if not base.startswith("hf://"):
+        check_user_path(base, "--base")
     if from_dir is not None:
         if adapter is not None or full:
             raise UsageError("--from already holds the adapter: drop --adapter/--full")

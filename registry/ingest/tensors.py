@@ -8,7 +8,6 @@ contiguously up to the end of the file.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import InvalidInputError
+from registry.untrusted import MalformedError, load_json
 
 MAX_HEADER = 100_000_000
 DTYPE_BITS = {
@@ -67,8 +67,8 @@ def read_header(path: Path) -> SafetensorsHeader:
             raise InvalidInputError(f"{name}: invalid safetensors header length {n}")
         raw = f.read(n)
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = load_json(raw, f"{name}: safetensors header", max_bytes=MAX_HEADER)
+    except MalformedError:
         raise InvalidInputError(f"{name}: invalid JSON in safetensors header") from None
     if not isinstance(header, dict):
         raise InvalidInputError(f"{name}: safetensors header is not a JSON object")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from registry.errors import InvalidInputError
-from registry.ingest.common import Staged, read_json, scan_dir
+from registry.ingest.common import Staged, check_file, read_json, scan_dir
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -82,11 +82,12 @@ def stage(root: Path, *, allow_pickle: bool = False) -> Staged:
     return staged
 
 
-def stage_from(root: Path, names: list[str]) -> Staged:
+def stage_from(root: Path, names: list[str], *, allow_pickle: bool = False) -> Staged:
     """Stage only the tokenizer files among `names` (a trainer's output directory)."""
     staged = Staged("tokenizer")
     for name in names:
         if name in TOKENIZER_FILES:
+            check_file(name, root / name, allow_pickle=allow_pickle)
             staged.add(name, root / name)
     staged.meta = describe(root, staged.files)
     return staged
