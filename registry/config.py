@@ -92,14 +92,93 @@ def load(explicit: Path | None = None) -> RegistryConfig:
         raise UsageError(
             f"{root / CONFIG_FILE} has format {fmt}; this version reads {FORMAT_VERSION}"
         )
-    url = os.environ.get(ENV_DATABASE_URL) or data.get("database_url") or sqlite_url(root)
+    written = data.get("database_url")
+    if written is not None:
+        if not isinstance(written, str):
+            raise UsageError(f"{root / CONFIG_FILE}: database_url must be a URL (a string)")
+        refuse_password(written, f"{root / CONFIG_FILE} has a database_url with a password")
+    url = os.environ.get(ENV_DATABASE_URL) or written or sqlite_url(root)
     key = data.get("signing_key")
     if key is not None and not isinstance(key, str):
         raise UsageError(f"{root / CONFIG_FILE}: signing_key must be a path (a string)")
     return RegistryConfig(root=root, database_url=url, signing_key=key)
 
 
+# --- secrets: never in registry.toml, never printed (docs/design.md, "How data is kept safe")
+
+PASSWORD_HINT = (
+    "registry.toml never holds secrets: keep the password in PGPASSFILE or ~/.pgpass, use"
+    f" PGSERVICE, or put the whole URL in ${ENV_DATABASE_URL} (which is never written)."
+)
+
+
+def _netloc(url: str) -> tuple[str, str, str]:
+    """(scheme://, netloc, rest) of a URL, split as libpq does: netloc ends at / ? #."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return "", "", url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i != -1), default=len(rest))
+    return scheme + sep, rest[:end], rest[end:]
+
+
+def url_password(url: str) -> str | None:
+    """The password a database URL carries (`user:password@` or `?password=`), or None."""
+    from urllib.parse import parse_qsl, unquote
+
+    _, netloc, rest = _netloc(url)
+    userinfo, at, _ = netloc.rpartition("@")
+    if at and ":" in userinfo and userinfo.split(":", 1)[1]:
+        return unquote(userinfo.split(":", 1)[1])
+    query = rest.partition("?")[2].partition("#")[0]
+    for key, value in parse_qsl(query, keep_blank_values=True):
+        if key == "password" and value:
+            return value
+    return None
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password shown as `***` (user:***@host, password=***)."""
+    import re
+
+    scheme, netloc, rest = _netloc(url)
+    userinfo, at, hostinfo = netloc.rpartition("@")
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.split(':', 1)[0]}:***@{hostinfo}"
+    rest = re.sub(r"([?&]password=)[^&#]*", r"\1***", rest)
+    return scheme + netloc + rest
+
+
+def redact(text: str, url: str) -> str:
+    """`text` (an error message) with the URL's password, however spelled, as `***`."""
+    from urllib.parse import quote
+
+    password = url_password(url)
+    text = text.replace(url, redact_url(url))
+    if password:
+        for spelled in {password, quote(password, safe="")}:
+            text = text.replace(spelled, "***")
+    return text
+
+
+def url_target(url: str) -> str:
+    """host:port/database of a PostgreSQL URL, for messages (no user, no password)."""
+    _, netloc, rest = _netloc(url)
+    hostinfo = netloc.rpartition("@")[2] or "localhost"
+    database = rest.partition("?")[0].partition("#")[0].lstrip("/")
+    return f"{hostinfo}/{database}" if database else hostinfo
+
+
+def refuse_password(url: str, what: str) -> None:
+    """Refuse a URL with a password where it would be written to disk."""
+    if url_password(url) is not None:
+        raise UsageError(what, PASSWORD_HINT)
+
+
 def write_config(root: Path, database_url: str | None) -> None:
+    if database_url:
+        refuse_password(
+            database_url, f"--database-url has a password, which would be written to {CONFIG_FILE}"
+        )
     lines = [f"format = {FORMAT_VERSION}"]
     if database_url:
         lines.append(f"database_url = {database_url!r}".replace("'", '"'))

@@ -152,6 +152,19 @@ def _translate(exc: Exception) -> None:
         raise RegistryError(f"database error: {str(exc).strip()}") from exc
 
 
+def connect_error(url: str, exc: BaseException) -> RegistryError:
+    """One line naming host, port and database, the password never in it."""
+    from registry.config import redact, url_target
+
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    reason = reason.removeprefix("connection failed: ").removeprefix("connection is bad: ")
+    return RegistryError(
+        f"cannot connect to PostgreSQL at {url_target(url)} ({redact(reason, url)})",
+        "Check that the server runs and the URL's host, port, database and user"
+        " (passwords: PGPASSFILE / ~/.pgpass, PGSERVICE or $REGISTRY_DATABASE_URL).",
+    )
+
+
 def sqlite_path(url: str) -> str:
     prefix = "sqlite:///"
     if not url.startswith(prefix):
@@ -173,8 +186,10 @@ class Database:
         self.url = url
         self.postgres = url.startswith(("postgresql", "postgres:"))
         if not self.postgres and not url.startswith("sqlite"):
+            from registry.config import redact_url
+
             raise RegistryError(
-                f"unsupported database URL {url!r}",
+                f"unsupported database URL {redact_url(url)!r}",
                 "Use sqlite:///PATH or postgresql+psycopg://USER@HOST/DB.",
             )
         self._raw: Any = None
@@ -192,8 +207,8 @@ class Database:
 
             try:
                 self._raw = psycopg.connect(pg_conninfo(self.url), connect_timeout=10)
-            except psycopg.OperationalError as exc:
-                raise RegistryError(f"cannot connect to PostgreSQL: {str(exc).strip()}") from exc
+            except psycopg.Error as exc:
+                raise connect_error(self.url, exc) from None
         else:
             import sqlite3
 
@@ -274,6 +289,14 @@ def upgrade(url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
+    if url.startswith(("postgresql", "postgres:")):
+        # Connect once here, so a server that cannot be reached is one clean line (exit 1)
+        # rather than SQLAlchemy's multi-line error from inside Alembic.
+        db = Database(url)
+        try:
+            db._open()
+        finally:
+            db.dispose()
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.attributes["database_url"] = url

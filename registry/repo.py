@@ -30,6 +30,12 @@ class Registry:
         """Create (or re-apply migrations to) the registry at `path`."""
         if path.exists() and not path.is_dir():
             raise UsageError(f"{path} exists and is not a directory")
+        if database_url and not (path / config.CONFIG_FILE).exists():
+            # Before anything is created: the URL would be written to registry.toml.
+            config.refuse_password(
+                database_url,
+                f"--database-url has a password, which would be written to {config.CONFIG_FILE}",
+            )
         path.mkdir(parents=True, exist_ok=True)
         if not (path / config.CONFIG_FILE).exists():
             config.write_config(path, database_url)
