@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from gates import catalog
 from gates.base import ERROR, FAILED, PASSED, GateContext, GateResult
 from gates.policy import Policy
-from registry import refs
+from registry import locks, refs
 from registry.db import now
 from registry.digest import canonical_json
 from registry.errors import GateError, RegistryError
@@ -166,6 +166,7 @@ def _run_one(cls: type, ctx: GateContext) -> GateResult:
         return GateResult(ERROR, summary=msg, error=msg)
 
 
+@locks.writer("gate run")
 def record(
     reg: Registry,
     digest: str,

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry import audit, refs, tracking
+from registry import audit, locks, refs, tracking
 from registry.db import DBIntegrityError, now
 from registry.digest import Descriptor
 from registry.errors import IntegrityError, InvalidInputError
@@ -85,6 +85,7 @@ def hash_file(reg: Registry, path: Path) -> tuple[str, int]:
     return digest, size
 
 
+@locks.writer("add")
 def add(
     reg: Registry,
     name: str,
@@ -103,6 +104,8 @@ def add(
     if parent is not None:
         with reg.db.read() as conn:
             parent_digest = refs.resolve(conn, parent)["digest"]
+    for kind, staged in components.items():
+        check_meta(kind, staged.meta)  # before any blob: a refusal leaves nothing behind
     descriptors: dict[str, Descriptor] = {}
     manifests: dict[str, ComponentManifest] = {}
     for kind in KINDS:
@@ -114,6 +117,21 @@ def add(
     digest = reg.store.put_bytes(bundle.to_bytes()).digest
     size = sum(f.size for m in manifests.values() if not m.external for f in m.files)
     return _insert(reg, bundle, digest, size, actor)
+
+
+def check_meta(kind: str, meta: Any) -> None:
+    """Refuse metadata the canonical JSON of a manifest cannot hold (NaN, Infinity, lone
+    surrogates, non-JSON types), before anything is stored."""
+    from registry.digest import canonical_json
+
+    try:
+        canonical_json(meta)
+    except (ValueError, TypeError, UnicodeEncodeError, RecursionError) as exc:
+        raise InvalidInputError(
+            f"{kind}: its metadata cannot be stored as canonical JSON"
+            f" ({type(exc).__name__}: {str(exc)[:120]})",
+            "Fix the input files: numbers must be finite and text valid UTF-8.",
+        ) from None
 
 
 def _insert(

@@ -341,21 +341,45 @@ def verify(
 def gc(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what would go.")] = False,
     grace: Annotated[
-        float, typer.Option(help="Keep unreachable blobs younger than this many seconds.")
+        float,
+        typer.Option(
+            help="Keep unreachable blobs and temp files younger than this many seconds"
+            " (below 60 needs --force --reason)."
+        ),
     ] = 3600.0,
+    force: Annotated[
+        bool, typer.Option("--force", help="Allow a grace below 60 s (with --reason).")
+    ] = False,
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Why the grace is forced (logged).")
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(help="Seconds to wait for running writers (add, pull, ...); 0 refuses."),
+    ] = 60.0,
 ) -> None:
     """Remove blobs no bundle, gate run or policy reaches (older than the grace period)."""
+    from registry.gc import check_grace
     from registry.gc import gc as run_gc
 
+    check_grace(grace, dry_run=dry_run, force=force, reason=reason)
     reg = open_registry()
-    report = run_gc(reg, dry_run=dry_run, grace=grace)
-    reg.close()
+    try:
+        report = run_gc(reg, dry_run=dry_run, grace=grace, force=force, reason=reason, wait=wait)
+    finally:
+        reg.close()
+    if report.forced is not None:
+        err(f"gc: grace {grace:g}s forced: {report.forced}")
+    for h in report.stale_locks:
+        echo(f"removed stale lock record of {h}: the process is gone")
     verb = "would remove" if dry_run else "removed"
     for d in report.removed:
         echo(f"{verb} {d}")
+    live = f", {report.temp_kept_live} of running writers" if report.temp_kept_live else ""
     echo(
         f"{verb} {len(report.removed)} blobs ({human_size(report.freed)}),"
-        f" {report.temp_removed} temp files; kept {report.kept_young} younger than {grace:.0f}s"
+        f" {report.temp_removed} temp files; kept {report.kept_young} younger than"
+        f" {grace:.0f}s{live}"
     )
 
 

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from registry import audit, dsse
+from registry import audit, dsse, locks
 from registry.db import Connection
 from registry.digest import canonical_json, hex_of, is_digest, sha256_bytes
 from registry.errors import IntegrityError
@@ -79,6 +79,7 @@ def rows_for(conn: Connection, bundle_digest: str) -> list[dict[str, Any]]:
 # --- writing ------------------------------------------------------------------------------
 
 
+@locks.writer("gate run")
 def insert(reg: Registry, who: Identity, row: dict[str, Any]) -> int:
     """Insert a gate-run row and its audit event in one transaction; returns the run id.
 
@@ -240,6 +241,7 @@ def read_attestation(data: bytes, bundle_digest: str, where: str = "attestation"
     return Attestation(sha256_bytes(data), env, row)
 
 
+@locks.writer("pull")
 def import_attestation(
     reg: Registry, who: Identity, bundle_digest: str, data: bytes, origin: str
 ) -> int | None:

@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
+from registry import locks
 from registry.errors import IntegrityError, UsageError
 
 if TYPE_CHECKING:
@@ -106,6 +107,7 @@ def _sign_manifest(manifest: Any, key: SigningKey) -> bytes:
         return path.read_bytes()
 
 
+@locks.writer("sign")
 def sign(reg: Registry, ref: str, key: SigningKey, who: Identity) -> dict[str, Any]:
     """Sign REF's export layout with `key`; store the signature (replacing this key's)."""
     from registry import refs
@@ -244,6 +246,7 @@ def check_signature(reg: Registry, row: dict[str, Any], data: bytes, public_key:
     return len(plan)
 
 
+@locks.writer("pull")
 def import_signature(
     reg: Registry, who: Identity, bundle_digest: str, public_key: PublicKey, data: bytes,
     origin: str,

@@ -111,10 +111,10 @@ def referenced(reg: Registry, ref: str | None) -> Iterator[tuple[Descriptor | st
 
 def policy_blobs(reg: Registry, digest: str) -> Iterator[tuple[str, str]]:
     """The TOML and eval-set blobs a stored policy manifest names."""
-    import json
+    from registry.untrusted import load_json
 
     try:
-        manifest = json.loads(reg.store.read_bytes(digest))
+        manifest = load_json(reg.store.read_bytes(digest), f"policy manifest {digest}")
     except (RegistryError, ValueError):
         return
     if isinstance(manifest, dict) and isinstance(manifest.get("policy"), str):

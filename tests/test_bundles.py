@@ -176,7 +176,7 @@ def test_gc_removes_only_unreachable_blobs_past_grace(cli, reg, tiny) -> None:  
     assert cli("gc", "--dry-run", "--grace", "0").out.count("would remove sha256:") == 1
     assert reg.store.has(stray.digest)
     assert cli("gc").out.startswith("removed 0 blobs")  # default grace keeps the young orphan
-    assert cli("gc", "--grace", "0").code == 0
+    assert cli("gc", "--grace", "0", "--force", "--reason", "test").code == 0
     assert not reg.store.has(stray.digest)
     assert cli("verify", "--all").code == 0
 

@@ -195,7 +195,7 @@ def test_gate_engine_records_everything(bundles3, tmp_path, tiny) -> None:  # no
     ev = json.loads(cli("gates", "show", "support-bot:v1", "--evidence", str(out["id"])).out)
     assert ev["evidence"] == {"adapter_r": 8, "workdir_has_adapter": True}
     assert ev["bundle"] == shown["bundle"]["digest"]
-    assert cli("gc", "--grace", "0").code == 0  # evidence, policy and eval sets are reachable
+    assert cli("gc", "--grace", "0", "--force", "--reason", "test").code == 0  # evidence, policy and eval sets are reachable
     assert cli("verify", "--all").code == 0
     assert json.loads(cli("policy", "show", "--json").out)["digest"] == digest
     cli("gates", "run", "support-bot:v1", "--gate", "fake-outcome")

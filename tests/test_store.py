@@ -107,7 +107,7 @@ def test_sigkill_during_add_leaves_registry_consistent(cli, reg_path, tiny, tmp_
     again = cli(*args)
     assert again.code == 0, again.err
     assert cli("verify", "--all").code == 0
-    assert cli("gc", "--grace", "0").out.count("temp files") == 1
+    assert cli("gc", "--grace", "0", "--force", "--reason", "test").out.count("temp files") == 1
     assert not any(tmpdir.iterdir())
 
 
