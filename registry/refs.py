@@ -90,6 +90,8 @@ def parse(text: str) -> Ref:
     if not sep:
         return Ref(text, name=name)
     if m := VERSION_RE.match(tag):
+        if len(m.group(1)) > 18:  # beyond any database integer: no bundle has it
+            raise InvalidReferenceError(f"{text!r}: version number too large")
         return Ref(text, name=name, version=int(m.group(1)))
     if CHANNEL_RE.match(tag):
         return Ref(text, name=name, channel=tag)

@@ -384,7 +384,7 @@ class S3Remote:
                     "version": parsed.version,
                     "tag": f"{name}:{tag}",
                     "digest": digest,
-                    "size": int(size) if size and size.isdigit() else None,
+                    "size": int(size) if size and size.isdigit() and len(size) < 19 else None,
                     "channels": [],
                 }
             else:
@@ -646,7 +646,8 @@ class S3Remote:
             got = self.get_ref(parsed.name, parsed.channel)
             if got is not None:
                 v = got[2].get("version", "")
-                return {"name": parsed.name, "version": int(v) if v.isdigit() else None,
+                ok = v.isdigit() and len(v) <= 9  # never int() of 4,300 digits (sync.MAX_VERSION)
+                return {"name": parsed.name, "version": int(v) if ok else None,
                         "digest": got[0], "channels": [parsed.channel]}  # fmt: skip
         return pick(parsed, self.list(), self.spec.name)
 

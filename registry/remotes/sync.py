@@ -586,6 +586,19 @@ class Imported:
         return f"{self.name}:v{self.version}"
 
 
+MAX_VERSION = 1_000_000
+"""The largest version number a remote may give a bundle here. Versions are assigned in
+order, so a remote's v9223372036854775807 (or PostgreSQL's int4 limit, 2^31 - 1) would
+make every later `registry add` of that name overflow; v0 or a negative one no reference
+could name."""
+
+
+def valid_version(version: object) -> bool:
+    return (
+        isinstance(version, int) and not isinstance(version, bool) and 1 <= version <= MAX_VERSION
+    )
+
+
 def import_bundle(
     reg: Registry, bundle: BundleBlobs, remote_version: int | None, actor: str | Identity
 ) -> Imported:
@@ -614,6 +627,12 @@ def import_bundle(
                     return Imported(row[0], row[1], created=False)
                 note = None
                 version = remote_version
+                if version is not None and not valid_version(version):
+                    note = (
+                        f"the remote numbers this bundle v{str(version)[:24]}, which is not a"
+                        f" version here (1 to {MAX_VERSION}); numbered as the next version"
+                    )
+                    version = remote_version = None
                 taken = (
                     version is not None
                     and conn.execute(
@@ -628,7 +647,7 @@ def import_bundle(
                         ).scalar()
                         or 0
                     )
-                    if remote_version is not None:
+                    if remote_version is not None and note is None:
                         note = (
                             f"remote {name}:v{remote_version} is a different bundle from local"
                             f" {name}:v{remote_version}; imported as {name}:v{version}"

@@ -167,7 +167,7 @@ def test_signed_gate_runs_travel_over_s3_and_count_only_where_trusted(
     verified = run_cli("verify", "--all", registry=b)
     assert verified.code == 0, verified.out + verified.err
     # gc keeps the attestations: the pulled run still counts afterwards
-    cli_ok(b, "gc", "--grace", "0")
+    cli_ok(b, "gc", "--grace", "0", "--force", "--reason", "test")
     assert [r["trust"]["counts"] for r in runs_of(b) if r["signer"] == ci] == [True]
     audit_ok(b)
 
@@ -336,3 +336,32 @@ def test_signed_gate_runs_and_signatures_travel_over_the_hub(
     verified = run_cli("verify", "--all", registry=b)
     assert verified.code == 0, verified.out + verified.err
     audit_ok(b)
+
+
+@pytest.mark.parametrize("version", [0, -3, 2**31 - 1, 2**63 - 1, 10**30, True])
+def test_remote_version_numbers_outside_the_range_never_block_later_adds(
+    make_registry, tiny, version
+) -> None:  # noqa: ANN001
+    """A remote's version metadata is input: v0, negative or huge numbers are not kept
+    (they would be unaddressable, or make every later `registry add` overflow)."""
+    from registry.remotes.sync import import_bundle, load_local
+    from registry.repo import Registry
+
+    a, b = make_registry("a"), make_registry("b")
+    add_tiny(a, tiny)
+    src = Registry.open(a)
+    _row, bundle = load_local(src, "support-bot:v1")
+    dst = Registry.open(b)
+    try:
+        for digest in bundle.file_blobs():
+            dst.store.put_file(src.store.path(digest))
+        for _digest, data in bundle.manifest_blobs():
+            dst.store.put_bytes(data)
+        got = import_bundle(dst, bundle, version, "puller")
+    finally:
+        src.close()
+        dst.close()
+    assert got.version == 1 and got.note and "not a version here" in got.note
+    add_tiny(b, tiny, "--annotation", "note=next")
+    assert "support-bot:v2" in cli_ok(b, "ls")
+    assert "audit chain ok" in cli_ok(b, "audit", "verify")
