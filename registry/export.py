@@ -15,7 +15,7 @@ copied out; the directory must be new or empty.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from registry import refs
@@ -23,6 +23,8 @@ from registry.errors import IntegrityError, UsageError
 from registry.manifest import BundleManifest, ComponentManifest
 from registry.paths import join_inside
 from registry.repo import Registry
+
+MAX_EXPORT_FILES = 100_000
 
 
 def layout(components: dict[str, ComponentManifest]) -> dict[str, str]:
@@ -96,6 +98,30 @@ def plan(
     return out
 
 
+def check_layout(files: dict[str, Any], dest: Path) -> None:
+    """Before anything is written: no path is both a file and a directory, the export has a
+    sane number of files, and the disk has room for all of it (the manifests say how much).
+    A hostile manifest listing one blob 500,000 times would otherwise write 2.4 GB."""
+    import shutil
+
+    if len(files) > MAX_EXPORT_FILES:
+        raise IntegrityError(
+            f"export: the bundle lists {len(files)} files (at most {MAX_EXPORT_FILES})",
+            "The manifests are not ones the registry writes; refuse this bundle.",
+        )
+    dirs = {str(parent) for rel in files for parent in PurePosixPath(rel).parents}
+    if clash := sorted(dirs & set(files)) or ([META_DIR] if META_DIR in files else []):
+        raise IntegrityError(f"export: {clash[0]} is both a file and a directory in the bundle")
+    need = sum(size for _digest, size, *_ in files.values())
+    probe = next((p for p in (dest, *dest.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise UsageError(
+            f"export needs {need} bytes but {probe} has {free} free",
+            "Free some space or export elsewhere.",
+        )
+
+
 def load_plan(reg: Registry, bundle_digest: str) -> dict[str, tuple[str, int]]:
     """The export plan of a stored bundle (its manifests are read and verified)."""
     from registry.bundles import load_component
@@ -122,6 +148,7 @@ def export(reg: Registry, ref: str, dest: Path, *, durable: bool = True) -> dict
     comps = {k: load_component(reg, d) for k, d in bundle.components.items()}
     prefixes = layout(comps)
     files = component_files(comps)
+    check_layout(files, dest)
     dest.mkdir(parents=True, exist_ok=True)
     total = 0
     for rel, (digest, size, _kind) in sorted(files.items()):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Any
 
 from registry.digest import Descriptor, canonical_json, check_digest, sha256_bytes
@@ -20,6 +21,7 @@ from registry.paths import check_relpath
 
 COMPONENT_SCHEMA = "registry.component.v1"
 BUNDLE_SCHEMA = "registry.bundle.v1"
+MAX_FILES = 100_000  # per component: a manifest from a remote is input (docs/design.md)
 KINDS = ("base_model", "adapter", "tokenizer", "chat_template", "dataset", "config")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
 EXTERNAL_RE = re.compile(r"^hf://[A-Za-z0-9][\w.-]*/[\w.-]+@[0-9a-f]{40}$")
@@ -64,9 +66,16 @@ class ComponentManifest:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise InvalidInputError(f"unknown component kind {self.kind!r}")
+        if len(self.files) > MAX_FILES:
+            raise InvalidInputError(
+                f"component lists {len(self.files)} files (at most {MAX_FILES})"
+            )
         paths = [f.path for f in self.files]
         if paths != sorted(paths) or len(set(paths)) != len(paths):
             raise InvalidInputError("component files must be sorted by path and unique")
+        dirs = {str(parent) for p in paths for parent in PurePosixPath(p).parents}
+        if clash := sorted(dirs & set(paths)):
+            raise InvalidInputError(f"component path {clash[0]} is both a file and a directory")
         if self.source is not None and not EXTERNAL_RE.match(self.source):
             raise InvalidInputError(f"external source {self.source!r} is not hf://org/name@<sha>")
 
