@@ -79,6 +79,7 @@ from registry.remotes.sync import (
     load_local,
     local_trust,
     missing_blobs,
+    note_kept_blobs,
     parse_remote_bundle,
     pick,
     remote_channel_ref,
@@ -577,7 +578,12 @@ class HubRemote:
         ref = remote_channel_ref(ref, self.spec.name)
         parsed = refs.parse(ref)
         _quiet_unless_terminal()
-        with self.errors(f"pull {ref}"), self._workdir(reg) as work:
+        fetching: dict[str, int] = {}
+        with (
+            note_kept_blobs(reg, fetching),
+            self.errors(f"pull {ref}"),
+            self._workdir(reg) as work,
+        ):
             head, tags = self._refs()
             if head is None:
                 raise RemoteError(f"hf://{self.repo_id} does not exist or is not visible")
@@ -605,6 +611,7 @@ class HubRemote:
                 data, entry["digest"], fetch, name=entry["name"], where=f"remote {self.spec.name}"
             )
             need = missing_blobs(reg, bundle)
+            fetching.update(need)
             result = PullResult(
                 self.spec.name, bundle.digest, tag="", remote_tag=entry["tag"],
                 blobs=len(bundle.file_blobs()), blobs_fetched=len(need),

@@ -72,6 +72,7 @@ from registry.remotes.sync import (
     local_side_blobs,
     local_trust,
     missing_blobs,
+    note_kept_blobs,
     parse_remote_bundle,
     pick,
     prefetch,
@@ -658,10 +659,12 @@ class S3Remote:
         t0 = time.perf_counter()
         ref = remote_channel_ref(ref, self.spec.name)
         parsed = refs.parse(ref)
-        with self.errors(f"pull {ref}"):
+        fetching: dict[str, int] = {}
+        with note_kept_blobs(reg, fetching), self.errors(f"pull {ref}"):
             entry = self.resolve(ref)
             bundle = self.fetch_bundle(entry["digest"], entry["name"])
             need = missing_blobs(reg, bundle)
+            fetching.update(need)
             result = PullResult(
                 self.spec.name,
                 bundle.digest,

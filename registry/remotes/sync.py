@@ -15,7 +15,7 @@ import contextlib
 import errno
 import hashlib
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,6 +161,22 @@ def parse_remote_bundle(
             raise IntegrityError(f"{where}: the {kind} entry points at a {comp.kind} manifest")
         comps[kind] = Component(kind, desc, comp, cdata)
     return BundleBlobs(digest, manifest, data, comps)
+
+
+@contextlib.contextmanager
+def note_kept_blobs(reg: Registry, fetching: dict[str, int]) -> Iterator[None]:
+    """A refused or interrupted pull says what it leaves: verified blobs (never a row)."""
+    try:
+        yield
+    except RegistryError as exc:
+        kept = sum(1 for d, size in fetching.items() if reg.store.has(d, size))
+        if kept:
+            note = (
+                f"{kept} verified blob(s) it fetched stay in the store: a later pull reuses"
+                " them, and `registry gc` removes them if nothing comes to reference them."
+            )
+            exc.hint = f"{exc.hint} {note}" if exc.hint else note
+        raise
 
 
 def missing_blobs(reg: Registry, bundle: BundleBlobs) -> dict[str, int]:

@@ -532,6 +532,7 @@ def test_network_cut_mid_pull_imports_nothing_and_a_rerun_resumes(
     assert bundle_rows(b) == [] and temp_files(b) == []
     have = stored(b)
     assert have, "the first attempt completed some blobs"
+    assert f"{len(have)} verified blob(s) it fetched stay in the store" in res.err
     proxy.restore()
     proxy.rate = None
     out = pull_json(b, "support-bot:v1")
