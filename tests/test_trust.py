@@ -404,3 +404,14 @@ def test_imported_run_counts_only_when_signed_by_a_trusted_key(bundle, tmp_path,
     prod = cli("promote", "support-bot:v1", "--to", "production")
     assert prod.code == 3 and "trusts no gate signers" in prod.err
     assert cli("audit", "verify").code == 0
+
+
+def test_whoami_names_what_actors_can_list(cli, tmp_path, monkeypatch, me) -> None:  # noqa: ANN001
+    res = cli("whoami", "--actor", "Release Bot", "--json")
+    info = json.loads(res.out)
+    assert (info["user"], info["key"], info["display"]) == (me, None, "Release Bot")
+    assert info["policy_names"] == [me]
+    priv, pub = keypair(tmp_path, "w")
+    monkeypatch.setenv("REGISTRY_SIGNING_KEY", str(priv))
+    info = json.loads(cli("whoami", "--json").out)
+    assert info["key"] == load_public(pub).id and set(info["policy_names"]) == {me, info["key"]}

@@ -1,4 +1,5 @@
-"""`registry sign` and `registry key generate`: signing bundles in model-signing's format.
+"""`registry sign`, `registry key generate` and `registry whoami`: signing bundles in
+model-signing's format, and the identity the registry records for you.
 
 `registry verify REF --signed-by PUB` (in registry.cli) checks such a signature; the work
 is in registry.signing, which imports model_signing only when a command needs it.
@@ -19,7 +20,41 @@ key_app = typer.Typer(help="Signing keys (ECDSA P-256).", no_args_is_help=True)
 
 def register(app: typer.Typer) -> None:
     app.command()(sign)
+    app.command()(whoami)
     app.add_typer(key_app, name="key")
+
+
+def whoami(
+    actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Who the registry records you as: the authenticated user and your signing key.
+
+    These are the names a policy's `actors` can list; a display name never counts."""
+    from registry.cli import actor_or_default, open_registry
+    from registry.identity import of
+
+    reg = open_registry()
+    try:
+        who = of(reg, actor_or_default(actor))
+    finally:
+        reg.close()
+    info = {
+        "user": who.user,
+        "source": who.source,
+        "key": who.signer,
+        "display": who.display or None,
+        "policy_names": sorted(who.names()),
+    }
+    if json_out:
+        emit_json(info)
+        return
+    via = "PostgreSQL session role" if who.source == "postgresql" else "operating-system user"
+    echo(f"{who.user}  ({via})")
+    none = "none (set signing_key in registry.toml or $REGISTRY_SIGNING_KEY)"
+    echo(f"key   {who.signer or none}")
+    if who.display:
+        echo(f"shown as {who.display!r} (a display name: it never satisfies actors)")
 
 
 def sign(
