@@ -118,6 +118,8 @@ class ComponentManifest:
         meta = data.get("meta", {})
         if not isinstance(files, list) or not isinstance(meta, dict):
             raise InvalidInputError("component manifest needs a files list and a meta object")
+        if len(files) > MAX_FILES:  # before building an entry per item (seconds for 500k)
+            raise InvalidInputError(f"component lists {len(files)} files (at most {MAX_FILES})")
         return cls(
             kind=data.get("kind"),  # type: ignore[arg-type]
             files=tuple(FileEntry.from_dict(f) for f in files),

@@ -379,13 +379,15 @@ class S3Remote:
             digest, _etag, meta = ref
             parsed = refs.parse(f"{name}:{tag}")
             if parsed.version is not None:
-                size = meta.get("size")
+                size = meta.get("size") or ""
+                # isascii: a latin-1 header byte such as '\u00b2' passes isdigit(), not int()
+                sized = size.isascii() and size.isdigit() and len(size) < 19
                 versions[(name, digest)] = {
                     "name": name,
                     "version": parsed.version,
                     "tag": f"{name}:{tag}",
                     "digest": digest,
-                    "size": int(size) if size and size.isdigit() and len(size) < 19 else None,
+                    "size": int(size) if sized else None,
                     "channels": [],
                 }
             else:
@@ -647,7 +649,8 @@ class S3Remote:
             got = self.get_ref(parsed.name, parsed.channel)
             if got is not None:
                 v = got[2].get("version", "")
-                ok = v.isdigit() and len(v) <= 9  # never int() of 4,300 digits (sync.MAX_VERSION)
+                ok = v.isascii() and v.isdigit() and len(v) <= 9  # never int() of 4,300 digits,
+                # nor of '\u00b2' (a latin-1 header byte isdigit() accepts; sync.MAX_VERSION)
                 return {"name": parsed.name, "version": int(v) if ok else None,
                         "digest": got[0], "channels": [parsed.channel]}  # fmt: skip
         return pick(parsed, self.list(), self.spec.name)
