@@ -270,6 +270,15 @@ def parse(
     for name, ch in channels.items():
         if ch.after is not None and ch.after not in channels:
             raise PolicyError(f"[channels.{name}] after = {ch.after!r}, which the policy lacks")
+    for name in channels:  # `after` chains must end: a cycle would block every channel in it
+        seen, at = [name], channels[name].after
+        while at is not None:
+            if at in seen:
+                raise PolicyError(
+                    f"[channels.{name}] after forms a cycle: {' -> '.join([*seen, at])}"
+                )
+            seen.append(at)
+            at = channels[at].after
     gates: dict[str, dict[str, Any]] = {}
     for gate, section in (data.get("gates") or {}).items():
         if not isinstance(section, dict):

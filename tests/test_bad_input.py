@@ -306,6 +306,7 @@ FRONT_DOOR = [
     ("policy-huge-int", _policy("[gates.chat-template]\nsamples = " + "9" * 5000 + "\n"), 2, "integer too large"),
     ("policy-channels-not-table", _policy("channels = 5\n"), 2, "channels must be a table"),
     ("policy-gates-not-table", _policy('gates = ["x"]\n'), 2, "gates must be a table"),
+    ("policy-after-cycle", _policy('[channels.a]\nafter = "b"\n[channels.b]\nafter = "a"\n'), 2, "after forms a cycle: a -> b -> a"),
     ("policy-timeout-nan", _policy("[gates.chat-template]\ntimeout_s = nan\n"), 2, "non-finite number"),
     ("policy-timeout-negative", _policy("[gates.chat-template]\ntimeout_s = -1\n"), 2, "timeout_s must be"),
     ("policy-timeout-1e308", _policy("[gates.chat-template]\ntimeout_s = 1e308\n"), 2, "timeout_s must be"),
