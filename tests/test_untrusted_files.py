@@ -63,6 +63,15 @@ def npy_floats() -> bytes:
     return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + b"\0" * 8
 
 
+def npz_object(marker: Path, compression: int = zipfile.ZIP_STORED) -> bytes:
+    """An .npz (a zip of .npy members) holding an object array, as numpy.savez writes it."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression) as zf:
+        zf.writestr("weights.npy", npy_floats())
+        zf.writestr("meta.npy", npy_object(marker))
+    return buf.getvalue()
+
+
 def torch_zip(marker: Path) -> bytes:
     """The layout torch.save writes: a zip whose archive/data.pkl is the pickle."""
     buf = io.BytesIO()
@@ -154,6 +163,11 @@ def escaped_auto_map(tiny: dict, tmp_path: Path) -> list:
 REFUSED = [
     # --- pickles by content, whatever the name --------------------------------------------
     ("npy-object-array", in_dir("adapter", "extra.npy", npy_object), "NumPy object array"),
+    ("npz-object-array", in_dir("adapter", "extra.npz", npz_object),
+     "zip archive whose member meta.npy is a NumPy object array"),
+    ("npz-deflated-object-array",
+     in_dir("adapter", "extra.npz", lambda m: npz_object(m, zipfile.ZIP_DEFLATED)),
+     "zip archive whose member meta.npy is a NumPy object array"),
     ("pkl-gz", in_dir("adapter", "optimizer.pkl.gz", lambda m: gzip.compress(evil(m))),
      "optimizer.pkl.gz is a gzip-compressed pickle"),
     ("bz2-pickle", in_dir("base", "state.bz2", lambda m: bz2.compress(evil(m, 5))),
@@ -222,6 +236,7 @@ def test_legitimate_files_are_still_accepted(seeded, tiny, tmp_path) -> None:  #
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("notes/readme.txt", "hello")
+        zf.writestr("floats.npy", npy_floats())
     (ad / "extras.zip").write_bytes(buf.getvalue())
     (ad / "log.json.gz").write_bytes(gzip.compress(b'{"loss": 0.1}\n' * 500))
     (ad / "notes.json").write_text(json.dumps({"comment": "auto_map is refused", "k": "\u00e9"}))

@@ -3,7 +3,8 @@
 A pickle can run code when loaded, whatever the file is called, so every ingested file's
 first bytes are looked at: a pickle stream (protocol 2+ opens with PROTO; protocol 0/1 is
 recognised when its opcodes parse up to STOP), a zip archive holding a `*.pkl` member
-(PyTorch's `.bin`/`.pt` format; only the member names are listed, nothing is extracted), a
+(PyTorch's `.bin`/`.pt` format) or a member whose first bytes are any of these (an `.npz`
+of object arrays; only each member's first 4 KiB is read, nothing is extracted), a
 `.npy` array of dtype object, and gzip/bz2/xz/zlib/zstd data whose first decompressed bytes
 are one of these (at most HEAD bytes are decompressed).
 
@@ -30,6 +31,8 @@ _CODE_OPS = {"GLOBAL", "INST", "STACK_GLOBAL", "REDUCE", "OBJ", "NEWOBJ", "NEWOB
 _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 _PICKLE_MEMBER = (".pkl", ".pickle")
+_MAX_MEMBERS = 10_000  # zip members whose first bytes are looked at
+_MEMBER_HEAD = 4096
 _DESCR_KEY_RE = re.compile(r"""['"]descr['"]\s*:\s*""")
 _TOKEN_RE = re.compile(r"""'[^'\n]*'|"[^"\n]*"|[()\[\],]|\s+|\d+|.""")
 _OBJECT_TYPE_RE = re.compile(r"^[<>|=]?O\d*$")
@@ -108,9 +111,21 @@ def _zip_file(f: io.BufferedReader) -> str | None:
     try:
         with zipfile.ZipFile(f) as zf:
             names = zf.namelist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            if found := _pickle_member(names):
+                return found
+            # .npz and other archives: each member's first bytes, whatever its name (an
+            # object-dtype .npy, a pickle); zipfile decompresses only what is read.
+            for info in zf.infolist()[:_MAX_MEMBERS]:
+                if info.is_dir():
+                    continue
+                with zf.open(info) as member:
+                    head = member.read(_MEMBER_HEAD)
+                found = sniff_bytes(head, complete=len(head) < _MEMBER_HEAD, depth=_MAX_DEPTH)
+                if found:
+                    return f"a zip archive whose member {info.filename} is {found}"
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError):
         return "a zip archive whose members cannot be listed"
-    return _pickle_member(names)
+    return None
 
 
 def _zip_head(head: bytes) -> str | None:
