@@ -255,8 +255,7 @@ def was_in(conn: Connection, name: str, channel: str, digest: str) -> bool:
 
 
 def check_promotion(
-    reg: Registry, ref: str, channel: str, policy: Policy, actor: str | Identity,
-    *, force: bool = False,
+    reg: Registry, ref: str, channel: str, policy: Policy, actor: str | Identity
 ) -> tuple[dict[str, Any], list[Requirement], list[str]]:
     """The bundle, the gate requirements and any other reasons the move is blocked."""
     refs.check_channel(channel)
