@@ -251,11 +251,13 @@ def runs_for(reg: Registry, ref: str) -> tuple[dict[str, Any], list[dict[str, An
     from registry import gate_runs
 
     policy = current(reg, validate=False)
+    # each channel's trusted signers, read once (key files from the store), not per run
+    signers = {n: policy.gate_signer_keys(n) for n in policy.channels} if policy else {}
     with reg.db.read() as conn:
         row = refs.resolve(conn, ref)
         runs = gate_runs.rows_for(conn, row["digest"])
         for r in runs:
-            r["trust"] = _trust(reg, conn, r, policy)
+            r["trust"] = _trust(reg, conn, r, signers)
     for r in runs:
         for key in ("metrics", "thresholds", "inputs", "environment"):
             r[key] = json.loads(r[key])
@@ -263,23 +265,24 @@ def runs_for(reg: Registry, ref: str) -> tuple[dict[str, Any], list[dict[str, An
     return row, runs
 
 
-def _trust(reg: Registry, conn: Any, run: dict[str, Any], policy: Policy | None) -> dict[str, Any]:
+def _trust(
+    reg: Registry, conn: Any, run: dict[str, Any], signers: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     from registry import gate_runs
 
     if why := gate_runs.vouched(conn, run):
         return {"counts": False, "why": why}
     if not run["origin"]:
         return {"counts": True, "why": "recorded here"}
-    channels = {}
-    for name in policy.channels if policy is not None else ():
-        why = gate_runs.trusted_signer(reg, run, policy.gate_signer_keys(name))
-        channels[name] = why or f"signed by trusted {run['signer']}"
-    counted = [n for n, why in channels.items() if why.startswith("signed by trusted")]
+    refused = {name: gate_runs.trusted_signer(reg, run, keys) for name, keys in signers.items()}
+    counted = [name for name, why in refused.items() if why is None]
     return {
         "counts": bool(counted),
         "why": f"pulled from {run['origin']}, signed by {run['signer'] or 'nobody'}; counts for "
         + (", ".join(counted) or "no channel"),
-        "channels": channels,
+        "channels": {
+            name: why or f"signed by trusted {run['signer']}" for name, why in refused.items()
+        },
     }
 
 
