@@ -38,10 +38,13 @@ def main() -> None:
     lst, times = median_of(lambda: run([str(BIN), "ls", "--json"]), args.repeat)
     print(f"medians of {args.repeat} runs; registry with {args.bundles} bundles (SQLite)")
     print(f"python -c pass (baseline):  {fmt(base)}")
-    print(f"registry --help:            {fmt(helpt)}  ({helpt / base:.1f}x baseline;"
-          " goal < 350 ms)")
-    print(f"registry ls --json:         {fmt(lst)}  ({lst / base:.1f}x baseline; goal < 500 ms)"
-          f"  min {fmt(min(times))} max {fmt(max(times))}")
+    print(
+        f"registry --help:            {fmt(helpt)}  ({helpt / base:.1f}x baseline; goal < 350 ms)"
+    )
+    print(
+        f"registry ls --json:         {fmt(lst)}  ({lst / base:.1f}x baseline; goal < 500 ms)"
+        f"  min {fmt(min(times))} max {fmt(max(times))}"
+    )
     shutil.rmtree(work)
 
 

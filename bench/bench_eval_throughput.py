@@ -79,6 +79,7 @@ def main() -> int:
 
         print(f"{'mode':28s} {'median s':>9s} {'tokens/s':>10s}")
         for batch in (1, 8, 32, 128):
+
             def run(b: int = batch) -> None:
                 loaded.generate(prompts, max_new_tokens=args.new_tokens, batch_size=b,
                                 exact_length=True)  # fmt: skip

@@ -61,8 +61,11 @@ def main() -> None:
     ssl_times, ingest_times, dd_times = [], [], []
     for i in range(args.repeat):
         t = time.perf_counter()
-        subprocess.run(["dd", f"if={src}", f"of={work / 'dd.out'}", "bs=16M", "conv=fsync"],
-                       capture_output=True, check=True)
+        subprocess.run(
+            ["dd", f"if={src}", f"of={work / 'dd.out'}", "bs=16M", "conv=fsync"],
+            capture_output=True,
+            check=True,
+        )
         dd_times.append(time.perf_counter() - t)
         os.unlink(work / "dd.out")
         t = time.perf_counter()

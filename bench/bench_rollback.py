@@ -39,24 +39,48 @@ def build(path: Path, tiny: dict, big: bool) -> None:
         add_synthetic_bundles(reg, 10_000 - 10)
         add_synthetic_events(reg, 100_000, [fake_digest(i, "bundle") for i in range(1000)])
     for i in range(10):
-        comps, _ = stage_bundle(reg, base=str(tiny["base"]), adapter=tiny["adapter"],
-                                tokenizer=tiny["tokenizer"], chat_template=None, dataset=None,
-                                config=None, from_dir=None, full=False, license=None,
-                                allow_pickle=False)
+        comps, _ = stage_bundle(
+            reg,
+            base=str(tiny["base"]),
+            adapter=tiny["adapter"],
+            tokenizer=tiny["tokenizer"],
+            chat_template=None,
+            dataset=None,
+            config=None,
+            from_dir=None,
+            full=False,
+            license=None,
+            allow_pickle=False,
+        )
         add(reg, "support-bot", comps, annotations={"n": str(i)}, actor="bench")
     pol = path.parent / f"{path.name}-policy.toml"
     pol.write_text("[channels.production]\nrequire = []\n")
     reg.close()
-    subprocess.run([str(BIN), "--registry", str(path), "policy", "set", str(pol)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [str(BIN), "--registry", str(path), "policy", "set", str(pol)],
+        check=True,
+        capture_output=True,
+    )
 
 
 def bench_rollback(
     path: Path, repeat: int, env: dict[str, str] | None = None
 ) -> tuple[float, list[float]]:
     def promote(v: int) -> None:
-        subprocess.run([str(BIN), "--registry", str(path), "promote", f"support-bot:v{v}",
-                        "--to", "production"], check=True, capture_output=True, env=env)
+        subprocess.run(
+            [
+                str(BIN),
+                "--registry",
+                str(path),
+                "promote",
+                f"support-bot:v{v}",
+                "--to",
+                "production",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
 
     promote(1)
     state = {"v": 1}
@@ -64,14 +88,27 @@ def bench_rollback(
     def one() -> None:
         state["v"] = state["v"] % 9 + 2
         promote(state["v"])  # untimed set-up happens inside; subtract below
+
     times = []
     import time
 
     for _ in range(repeat):
         one()
         t = time.perf_counter()
-        subprocess.run([str(BIN), "--registry", str(path), "rollback", "support-bot:production",
-                        "--reason", "x"], check=True, capture_output=True, env=env)
+        subprocess.run(
+            [
+                str(BIN),
+                "--registry",
+                str(path),
+                "rollback",
+                "support-bot:production",
+                "--reason",
+                "x",
+            ],
+            check=True,
+            capture_output=True,
+            env=env,
+        )
         times.append(time.perf_counter() - t)
     import statistics
 
@@ -111,8 +148,10 @@ def main() -> None:
     large, lt = bench_rollback(work / "large", args.repeat)
     print(f"registry rollback, medians of {args.repeat} fresh processes (SQLite)")
     print(f"  10 bundles:                         {fmt(small)}")
-    print(f"  10,000 bundles + 100,000 events:    {fmt(large)}"
-          f"  (ratio large/small {large / small:.2f}; goal <= 1.2, median < 500 ms)")
+    print(
+        f"  10,000 bundles + 100,000 events:    {fmt(large)}"
+        f"  (ratio large/small {large / small:.2f}; goal <= 1.2, median < 500 ms)"
+    )
     # With a signing key every event is signed (docs/design.md, "Trust"): interleaved
     # unsigned/signed rounds on the small registry, so both see the same machine load.
     import os
@@ -128,15 +167,23 @@ def main() -> None:
     import statistics
 
     p_med, s_med = statistics.median(plain), statistics.median(signed)
-    print(f"  10 bundles, event signed by a key:  {fmt(s_med)}"
-          f"  (ratio signed/unsigned {s_med / p_med:.2f}, unsigned {fmt(p_med)} interleaved)")
+    print(
+        f"  10 bundles, event signed by a key:  {fmt(s_med)}"
+        f"  (ratio signed/unsigned {s_med / p_med:.2f}, unsigned {fmt(p_med)} interleaved)"
+    )
     if args.mlflow:
         db = work / "mlflow.db"
         subprocess.run([args.mlflow, "-c", MLFLOW_SETUP, str(db)], check=True, capture_output=True)
-        ml, _ = median_of(lambda: subprocess.run([args.mlflow, "-c", MLFLOW, str(db), "1"],
-                                                 check=True, capture_output=True), args.repeat)
-        print(f"  MLflow set_registered_model_alias:  {fmt(ml)}"
-              f"  (registry rollback is {ml / large:.1f}x faster)")
+        ml, _ = median_of(
+            lambda: subprocess.run(
+                [args.mlflow, "-c", MLFLOW, str(db), "1"], check=True, capture_output=True
+            ),
+            args.repeat,
+        )
+        print(
+            f"  MLflow set_registered_model_alias:  {fmt(ml)}"
+            f"  (registry rollback is {ml / large:.1f}x faster)"
+        )
     shutil.rmtree(work)
 
 

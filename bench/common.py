@@ -28,8 +28,13 @@ def median_of(fn: Callable[[], object], n: int) -> tuple[float, list[float]]:
 
 def run_process(args: list[str], cwd: Path | None = None) -> None:
     """Run the installed `registry` console script, as a user would."""
-    proc = subprocess.run([str(BIN), *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "REGISTRY_ACTOR": "bench"})
+    proc = subprocess.run(
+        [str(BIN), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "REGISTRY_ACTOR": "bench"},
+    )
     if proc.returncode != 0:
         raise SystemExit(f"registry {' '.join(args)} failed: {proc.stderr}")
 

@@ -24,16 +24,21 @@ def add_synthetic_bundles(reg: Registry, n: int, *, name_count: int = 100) -> No
         name = f"model-{i % name_count:03d}"
         versions[name] = versions.get(name, 0) + 1
         d = fake_digest(i, "bundle")
-        rows.append({"d": d, "n": name, "v": versions[name], "p": None, "s": 1000 + i, "t": t,
-                     "a": "bench"})
+        rows.append(
+            {"d": d, "n": name, "v": versions[name], "p": None, "s": 1000 + i, "t": t, "a": "bench"}
+        )
         comps.append({"b": d, "k": "adapter", "d": fake_digest(i, "adapter"), "s": 500})
     with reg.db.write() as conn:
         conn.executemany(
             "INSERT INTO bundle (digest, name, version, parent, size, created_at, created_by)"
-            " VALUES (:d, :n, :v, :p, :s, :t, :a)", rows)
+            " VALUES (:d, :n, :v, :p, :s, :t, :a)",
+            rows,
+        )
         conn.executemany(
             "INSERT INTO bundle_component (bundle_digest, kind, digest, size)"
-            " VALUES (:b, :k, :d, :s)", comps)
+            " VALUES (:b, :k, :d, :s)",
+            comps,
+        )
 
 
 def add_synthetic_events(reg: Registry, n: int, digests: list[str]) -> None:
@@ -44,11 +49,20 @@ def add_synthetic_events(reg: Registry, n: int, digests: list[str]) -> None:
         batch = []
         for i in range(n):
             seq += 1
-            row = {"seq": seq, "prev": prev, "action": "promote", "name": f"model-{i % 100:03d}",
-                   "channel": f"canary{i % 7}", "from_digest": digests[i % len(digests)],
-                   "to_digest": digests[(i + 1) % len(digests)], "actor": "bench",
-                   "reason": "synthetic", "policy_digest": None, "forced": False,
-                   "created_at": now()}
+            row = {
+                "seq": seq,
+                "prev": prev,
+                "action": "promote",
+                "name": f"model-{i % 100:03d}",
+                "channel": f"canary{i % 7}",
+                "from_digest": digests[i % len(digests)],
+                "to_digest": digests[(i + 1) % len(digests)],
+                "actor": "bench",
+                "reason": "synthetic",
+                "policy_digest": None,
+                "forced": False,
+                "created_at": now(),
+            }
             row["digest"] = audit.event_digest(row)
             prev = row["digest"]
             batch.append(row)
@@ -56,9 +70,12 @@ def add_synthetic_events(reg: Registry, n: int, digests: list[str]) -> None:
             "INSERT INTO event (seq, digest, prev, action, name, channel, from_digest, to_digest,"
             " actor, reason, policy_digest, forced, created_at) VALUES (:seq, :digest, :prev,"
             " :action, :name, :channel, :from_digest, :to_digest, :actor, :reason,"
-            " :policy_digest, :forced, :created_at)", batch)
-        conn.execute("UPDATE audit_head SET seq = :s, digest = :d WHERE id = 1",
-                     {"s": seq, "d": prev})
+            " :policy_digest, :forced, :created_at)",
+            batch,
+        )
+        conn.execute(
+            "UPDATE audit_head SET seq = :s, digest = :d WHERE id = 1", {"s": seq, "d": prev}
+        )
 
 
 def synthetic_registry(path: Path, bundles: int) -> Path:

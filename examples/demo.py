@@ -148,9 +148,22 @@ def main() -> None:
     run("add", "support-bot", "--adapter", tiny["adapter"], *common)
 
     step("Register a second bundle from a trainer's output directory (v2), with lineage")
-    run("add", "support-bot", "--from", tiny["trainer_output"], "--base", tiny["base"],
-        "--dataset", tiny["dataset"], "--config", tiny["config"], "--license", "apache-2.0",
-        "--parent", "support-bot:v1")
+    run(
+        "add",
+        "support-bot",
+        "--from",
+        tiny["trainer_output"],
+        "--base",
+        tiny["base"],
+        "--dataset",
+        tiny["dataset"],
+        "--config",
+        tiny["config"],
+        "--license",
+        "apache-2.0",
+        "--parent",
+        "support-bot:v1",
+    )
     run("ls")
     run("show", "support-bot:v2")
     run("diff", "support-bot:v1", "support-bot:v2")
@@ -191,8 +204,15 @@ def main() -> None:
     run("gates", "run", "support-bot:v1", "--channel", "staging")
     run("gates", "run", "support-bot:v1", "--gate", "rollback-test")
     run("promote", "support-bot:v1", "--to", "staging", "--reason", "gates green")
-    run("promote", "support-bot:v1", "--to", "production", "--force",
-        "--reason", "initial release, before the model gates existed")
+    run(
+        "promote",
+        "support-bot:v1",
+        "--to",
+        "production",
+        "--force",
+        "--reason",
+        "initial release, before the model gates existed",
+    )
 
     step("v3 learned task B but forgot task A and never learned to refuse: production is refused")
     gated = run("gates", "run", "support-bot:v3", "--channel", "production", check=False)
@@ -244,11 +264,13 @@ def main() -> None:
         run(*again, "history", "support-bot:team/production")
 
     step(f"Done in {time.perf_counter() - t0:.0f} s")
-    print(f"The demo registry is in {out / 'registry'}. Explore it with:\n"
-          f"  export REGISTRY_HOME={out / 'registry'}\n"
-          f"  .venv/bin/registry ls\n"
-          f"  .venv/bin/registry gates show support-bot:v4\n"
-          f"  .venv/bin/registry tui      # review gates, promote, roll back (? for keys)")
+    print(
+        f"The demo registry is in {out / 'registry'}. Explore it with:\n"
+        f"  export REGISTRY_HOME={out / 'registry'}\n"
+        f"  .venv/bin/registry ls\n"
+        f"  .venv/bin/registry gates show support-bot:v4\n"
+        f"  .venv/bin/registry tui      # review gates, promote, roll back (? for keys)"
+    )
 
 
 @contextlib.contextmanager
@@ -311,8 +333,10 @@ def check_export(path: Path) -> None:
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(path / "base"), path)
     print(f"  loaded {type(model.base_model.model).__name__} with {len(tok)} tokens")
     manifest = json.loads((path / "registry" / "bundle.json").read_text())
-    print(f"  export carries its manifests: bundle {manifest['name']}"
-          f" with {', '.join(sorted(manifest['components']))}")
+    print(
+        f"  export carries its manifests: bundle {manifest['name']}"
+        f" with {', '.join(sorted(manifest['components']))}"
+    )
 
 
 if __name__ == "__main__":

@@ -912,8 +912,10 @@ class CalibrationGate(Gate):
             "confidence": "softmax over the options' sequence log-probabilities",
             "statistics": {
                 "method": f"percentile bootstrap of the ECE, {p['resamples']} resamples of"
-                + (" clusters" if clusters else " items") + f", seed {p['seed']}"
-                if conf > 0 else "point estimate (confidence = 0)",
+                + (" clusters" if clusters else " items")
+                + f", seed {p['seed']}"
+                if conf > 0
+                else "point estimate (confidence = 0)",
                 "confidence": conf,
                 "ece": ece,
                 "lower": ece_lower,
@@ -997,6 +999,7 @@ def _plan_paired(
                                  power)  # fmt: skip
         if v["inconclusive"]:
             return gate, f"{where}: {v['failure']}", False
+
         def passes(k: int) -> bool:  # k items improved, the rest unchanged
             cand = [1.0] * k + [0.0] * (n - k)
             return stats.paired(cand, [0.0] * n, conf, clusters).lower >= p["min_delta"] - 1e-9
@@ -1005,10 +1008,14 @@ def _plan_paired(
         while k - lo > 1:
             mid = (lo + k) // 2
             lo, k = (lo, mid) if passes(mid) else (mid, k)
-        return gate, (
-            f"{where}: passing min_delta {p['min_delta']} at {conf:.0%} confidence takes at"
-            f" least {k} items improved (none regressed)"
-        ), True
+        return (
+            gate,
+            (
+                f"{where}: passing min_delta {p['min_delta']} at {conf:.0%} confidence takes at"
+                f" least {k} items improved (none regressed)"
+            ),
+            True,
+        )
     _, v = judge_drop([1.0] * n, [1.0] * n, clusters, float(p["max_drop"]), conf, power)
     if v["inconclusive"]:
         return gate, f"{where}: {v['failure']}", False

@@ -46,6 +46,8 @@ MAX_OUTPUT_CHARS = 1_000_000
 MAX_MEMORY_MB = 512
 MAX_INT_ARG = 100_000  # widths, counts, repeats a template may pass (same as Jinja's MAX_RANGE)
 MAX_INT_BITS = 4096  # integers a template may build with * and **
+
+
 class RenderError(Exception):
     """A template that could not render: kind is syntax, error, security, timeout, output or
     memory."""

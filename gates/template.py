@@ -32,7 +32,6 @@ SPECIAL_TOKEN_KEYS = (
 )
 
 
-
 # --- reading the bundle's tokenizer and templates ---------------------------------------------
 
 

@@ -116,9 +116,7 @@ def add(
     annotation: Annotated[
         list[str] | None, typer.Option("--annotation", "-a", help="KEY=VALUE, repeatable.")
     ] = None,
-    actor: Annotated[
-        str | None, typer.Option(help=ACTOR_HELP)
-    ] = None,
+    actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Register a bundle: base, adapter, tokenizer, chat template, dataset and config."""
@@ -316,8 +314,7 @@ def verify(
             "ok": report.ok and failure is None,
             "checked": report.checked,
             "problems": [
-                {"digest": p.digest, "reason": p.reason, "where": p.where}
-                for p in report.problems
+                {"digest": p.digest, "reason": p.reason, "where": p.where} for p in report.problems
             ],
         }
         if public_keys:

@@ -287,9 +287,7 @@ def vouched(conn: Connection, row: dict[str, Any]) -> str | None:
     return None
 
 
-def trusted_signer(
-    reg: Registry, row: dict[str, Any], signers: dict[str, PublicKey]
-) -> str | None:
+def trusted_signer(reg: Registry, row: dict[str, Any], signers: dict[str, PublicKey]) -> str | None:
     """Why a pulled run does not count under these trusted signers (None when it does)."""
     if not row["attestation"]:
         return f"pulled from {row['origin']} without a signature"

@@ -152,9 +152,7 @@ def load_private(path: Path) -> SigningKey:
             "Keep the key in a protected file (mode 600) or a secrets mount.",
         ) from None
     except ValueError as exc:
-        raise UsageError(
-            f"{path} is not a PEM private key: {str(exc).splitlines()[0]}"
-        ) from None
+        raise UsageError(f"{path} is not a PEM private key: {str(exc).splitlines()[0]}") from None
     _check_curve(key, str(path))
     return SigningKey(path, key)
 

@@ -248,7 +248,11 @@ def check_signature(reg: Registry, row: dict[str, Any], data: bytes, public_key:
 
 @locks.writer("pull")
 def import_signature(
-    reg: Registry, who: Identity, bundle_digest: str, public_key: PublicKey, data: bytes,
+    reg: Registry,
+    who: Identity,
+    bundle_digest: str,
+    public_key: PublicKey,
+    data: bytes,
     origin: str,
 ) -> bool:
     """Record a pulled signature of a bundle by `public_key` (untrusted bytes), as `registry

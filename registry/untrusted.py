@@ -195,9 +195,7 @@ def load_json(
         ) from None
     except _Bad as exc:  # from the parse hooks above
         raise _refuse(what, str(exc)) from None
-    return check_value(
-        value, what, max_depth=max_depth, max_items=max_items, max_string=max_string
-    )
+    return check_value(value, what, max_depth=max_depth, max_items=max_items, max_string=max_string)
 
 
 # --- YAML ---------------------------------------------------------------------------------
@@ -341,9 +339,7 @@ def load_yaml(
             raise _refuse(what, f"has a value YAML cannot read ({exc})") from None
     finally:
         loader.dispose()
-    return check_value(
-        value, what, max_depth=max_depth, max_items=max_items, max_string=max_string
-    )
+    return check_value(value, what, max_depth=max_depth, max_items=max_items, max_string=max_string)
 
 
 def _yaml_problem(exc: Any) -> str:
@@ -380,6 +376,4 @@ def load_toml(
         ) from None
     except ValueError:  # int() of a literal over 4,300 digits
         raise _refuse(what, "has an integer too large (|n| must be below 2**63)") from None
-    return check_value(
-        value, what, max_depth=max_depth, max_items=max_items, max_string=max_string
-    )
+    return check_value(value, what, max_depth=max_depth, max_items=max_items, max_string=max_string)

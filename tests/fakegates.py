@@ -27,11 +27,15 @@ class OutcomeGate(Gate):
             rows = len(ctx.input_file(ctx.params["eval_set"]).read_text().splitlines())
         score = 1.0 if ctx.params["outcome"] == "passed" else 0.0
         return GateResult.check(
-            [] if score >= ctx.params["min_score"] else [f"score {score} < {ctx.params['min_score']}"],
+            []
+            if score >= ctx.params["min_score"]
+            else [f"score {score} < {ctx.params['min_score']}"],
             {"score": score, "rows": rows},
             {"min_score": ctx.params["min_score"]},
-            {"adapter_r": ctx.meta("adapter").get("r"), "workdir_has_adapter":
-             (ctx.workdir / "adapter_config.json").is_file()},
+            {
+                "adapter_r": ctx.meta("adapter").get("r"),
+                "workdir_has_adapter": (ctx.workdir / "adapter_config.json").is_file(),
+            },
             "fine",
         )
 
@@ -65,7 +69,9 @@ def fake_gates(monkeypatch: pytest.MonkeyPatch) -> None:
     from gates import catalog
 
     real = catalog.entry_points()
-    extra = {n: EntryPoint(n, f"tests.fakegates:{c.__name__}", catalog.GROUP) for n, c in FAKES.items()}
+    extra = {
+        n: EntryPoint(n, f"tests.fakegates:{c.__name__}", catalog.GROUP) for n, c in FAKES.items()
+    }
     monkeypatch.setattr(catalog, "entry_points", lambda: {**real, **extra})
     catalog.load.cache_clear()
     yield

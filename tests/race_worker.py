@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Any
 
 
-def promote_after_barrier(reg_path: str, ref: str, channel: str, actor: str, barrier: Any,
-                          results: Any) -> None:
+def promote_after_barrier(
+    reg_path: str, ref: str, channel: str, actor: str, barrier: Any, results: Any
+) -> None:
     os.environ.pop("REGISTRY_DATABASE_URL", None)
     from registry import channels
     from registry.errors import ConflictError

@@ -18,11 +18,15 @@ def snapshot(reg_path: Path) -> tuple:
     """Every stored blob and every database row: what must not change."""
     from registry.repo import Registry
 
-    blobs = sorted(str(p.relative_to(reg_path)) for p in (reg_path / "blobs").rglob("*") if p.is_file())
+    blobs = sorted(
+        str(p.relative_to(reg_path)) for p in (reg_path / "blobs").rglob("*") if p.is_file()
+    )
     reg = Registry.open(reg_path)
     with reg.db.read() as conn:
-        tables = {t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").all()
-                  for t in ("bundle", "bundle_component", "channel", "event", "gate_run", "setting")}
+        tables = {
+            t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").all()
+            for t in ("bundle", "bundle_component", "channel", "event", "gate_run", "setting")
+        }
     reg.close()
     return blobs, tables
 
@@ -204,12 +208,15 @@ def _adapter_cfg(tiny, tmp_path, edit) -> list:  # noqa: ANN001
 
 def _adapter_key(key: str, literal: str):  # noqa: ANN202
     """adapter_config.json with `key` set to a raw JSON literal (NaN, 1e400, ...)."""
+
     def build(tiny, tmp_path) -> list:  # noqa: ANN001
         def edit(text: str) -> str:
             cfg = json.loads(text)
             cfg[key] = "@@"
             return json.dumps(cfg).replace('"@@"', literal)
+
         return _adapter_cfg(tiny, tmp_path, edit)
+
     return build
 
 
@@ -218,6 +225,7 @@ def _rslora_negative_rank(tiny, tmp_path) -> list:  # noqa: ANN001
         cfg = json.loads(text)
         cfg.update(r=-8, use_rslora=True)
         return json.dumps(cfg)
+
     return _adapter_cfg(tiny, tmp_path, edit)
 
 
@@ -226,6 +234,7 @@ def _header(header: bytes):  # noqa: ANN202
         ad = copy(tiny["adapter"], tmp_path, "ad")
         (ad / "adapter_model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
         return with_adapter(tiny, ad)
+
     return build
 
 
@@ -236,6 +245,7 @@ def _dataset_row(row: bytes):  # noqa: ANN202
         args = add_args(tiny)
         args[args.index("--dataset") + 1] = str(ds)
         return args
+
     return build
 
 
@@ -246,6 +256,7 @@ def _config(name: str, text: str):  # noqa: ANN202
         args = add_args(tiny)
         args[args.index("--config") + 1] = str(path)
         return args
+
     return build
 
 
@@ -254,6 +265,7 @@ def _policy(text: str):  # noqa: ANN202
         path = tmp_path / "policy.toml"
         path.write_text(text, "utf-8")
         return ["policy", "set", str(path)]
+
     return build
 
 

@@ -33,7 +33,14 @@ def test_show_records_parsed_metadata(cli, tiny) -> None:  # noqa: ANN001
     cli(*add_args(tiny))
     info = json.loads(cli("show", "support-bot:v1", "--json").out)
     comps = info["components"]
-    assert set(comps) == {"base_model", "adapter", "tokenizer", "chat_template", "dataset", "config"}
+    assert set(comps) == {
+        "base_model",
+        "adapter",
+        "tokenizer",
+        "chat_template",
+        "dataset",
+        "config",
+    }
     ad = comps["adapter"]["meta"]
     assert ad["peft_type"] == "LORA" and ad["r"] == 8 and ad["lora_alpha"] == 16
     assert ad["target_modules"] == sorted(["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"])
@@ -55,8 +62,14 @@ def test_show_records_parsed_metadata(cli, tiny) -> None:  # noqa: ANN001
 def test_every_reference_form_resolves(cli, tiny) -> None:  # noqa: ANN001
     digest = json.loads(cli(*add_args(tiny), "--json").out)["digest"]
     hexd = digest.split(":")[1]
-    for ref in ("support-bot", "support-bot:v1", f"support-bot@sha256:{hexd[:8]}",
-                f"support-bot@{hexd[:12]}", f"sha256:{hexd[:10]}", digest):
+    for ref in (
+        "support-bot",
+        "support-bot:v1",
+        f"support-bot@sha256:{hexd[:8]}",
+        f"support-bot@{hexd[:12]}",
+        f"sha256:{hexd[:10]}",
+        digest,
+    ):
         out = cli("show", ref, "--json")
         assert out.code == 0, (ref, out.err)
         assert json.loads(out.out)["digest"] == digest
@@ -68,8 +81,21 @@ def test_from_trainer_output_and_lineage(cli, tiny, tmp_path) -> None:  # noqa: 
     shutil.copytree(tiny["trainer_output"], out)
     (out / "optimizer.pt").write_bytes(b"\x80\x04not really a pickle")
     (out / "trainer_state.json").write_text("{}")
-    res = cli("add", "support-bot", "--from", out, "--base", tiny["base"], "--dataset",
-              tiny["dataset"], "--config", tiny["config"], "--parent", "support-bot:v1", "--json")
+    res = cli(
+        "add",
+        "support-bot",
+        "--from",
+        out,
+        "--base",
+        tiny["base"],
+        "--dataset",
+        tiny["dataset"],
+        "--config",
+        tiny["config"],
+        "--parent",
+        "support-bot:v1",
+        "--json",
+    )
     assert res.code == 0, res.err
     assert "skipped 2 file(s)" in res.err and "optimizer.pt" in res.err
     info = json.loads(cli("show", "support-bot:v2", "--json").out)
@@ -106,7 +132,9 @@ def test_every_adaptation_registers_with_its_type(cli, tiny, tmp_path) -> None: 
     prompt = peft_adapter(PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4),
                           tmp_path / "prompt")  # fmt: skip
     qlora_cfg = tmp_path / "qlora.yaml"
-    qlora_cfg.write_text(tiny["config"].read_text() + "load_in_4bit: true\nbnb_4bit_quant_type: nf4\n")
+    qlora_cfg.write_text(
+        tiny["config"].read_text() + "load_in_4bit: true\nbnb_4bit_quant_type: nf4\n"
+    )
 
     def add(name: str, adapter: Path, config: Path = tiny["config"]) -> dict:
         args = add_args(tiny, name)
@@ -117,7 +145,9 @@ def test_every_adaptation_registers_with_its_type(cli, tiny, tmp_path) -> None: 
         return json.loads(cli("show", name, "--json").out)
 
     lora = add("lora-bot", tiny["adapter"])
-    assert lora["adaptation"] == "lora" and "quantization" not in lora["components"]["config"]["meta"]
+    assert (
+        lora["adaptation"] == "lora" and "quantization" not in lora["components"]["config"]["meta"]
+    )
     qlora = add("qlora-bot", tiny["adapter"], qlora_cfg)
     assert qlora["adaptation"] == "qlora"
     assert qlora["components"]["config"]["meta"]["quantization"] == "4bit"
@@ -138,8 +168,17 @@ def test_diff_reports_changed_files_and_meta(cli, tiny, tmp_path) -> None:  # no
     ds = tmp_path / "ds"
     shutil.copytree(tiny["dataset"], ds)
     with open(ds / "train.jsonl", "a") as f:
-        f.write(json.dumps({"messages": [{"role": "user", "content": "sort b a c"},
-                                         {"role": "assistant", "content": "a b c"}]}) + "\n")
+        f.write(
+            json.dumps(
+                {
+                    "messages": [
+                        {"role": "user", "content": "sort b a c"},
+                        {"role": "assistant", "content": "a b c"},
+                    ]
+                }
+            )
+            + "\n"
+        )
     args = add_args(tiny)
     args[args.index("--dataset") + 1] = str(ds)
     cli(*args)
@@ -166,8 +205,10 @@ def test_verify_reports_every_corrupt_and_missing_blob(cli, reg_path, tiny) -> N
     res = cli("verify", "support-bot:v1", "--json")
     assert res.code == 1
     problems = {p["digest"]: p["reason"] for p in json.loads(res.out)["problems"]}
-    assert problems == {files["adapter_model.safetensors"]: "corrupt",
-                        files["adapter_config.json"]: "missing"}
+    assert problems == {
+        files["adapter_model.safetensors"]: "corrupt",
+        files["adapter_config.json"]: "missing",
+    }
 
 
 def test_gc_removes_only_unreachable_blobs_past_grace(cli, reg, tiny) -> None:  # noqa: ANN001
@@ -244,7 +285,9 @@ def test_external_base_pinned_from_local_hf_cache(cli, tiny, tmp_path, monkeypat
     assert cli("ls", "--json").out == before
 
 
-def test_unreachable_hub_falls_back_to_the_cache_and_says_so(cli, tiny, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_unreachable_hub_falls_back_to_the_cache_and_says_so(
+    cli, tiny, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
     import huggingface_hub.constants as hf_constants
 
     commit = "0123456789abcdef0123456789abcdef01234567"

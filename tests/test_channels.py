@@ -28,7 +28,9 @@ outcome = "{outcome}"
 """
 
 
-def write_policy(tmp_path: Path, tiny: dict, outcome: str = "passed", me: str | None = None) -> Path:
+def write_policy(
+    tmp_path: Path, tiny: dict, outcome: str = "passed", me: str | None = None
+) -> Path:
     d = tmp_path / "policy"
     (d / "evals").mkdir(parents=True, exist_ok=True)
     (d / "evals" / "target.jsonl").write_bytes((tiny["evals"] / "target.jsonl").read_bytes())
@@ -62,7 +64,8 @@ def test_promote_blocked_until_gates_pass_then_allowed(bundles3, tmp_path, tiny,
     assert cli("promote", "support-bot:v1", "--to", "production").code == 0
     hist = json.loads(cli("history", "support-bot:production", "--json").out)
     assert [(h["action"], h["to_tag"], h["actor"]) for h in hist] == [
-        ("promote", "support-bot:v1", me)]
+        ("promote", "support-bot:v1", me)
+    ]
 
 
 @pytest.mark.usefixtures("fake_gates")
@@ -120,12 +123,19 @@ def test_rollback_walks_back_and_checks_blobs(bundles3, tmp_path, tiny, reg) -> 
     assert none_left.code == 2 and "no earlier bundle" in none_left.err
     # --to a bundle never in the channel needs --force
     cli(*add_args(tiny), "--annotation", "n=new")
-    assert cli("rollback", "support-bot:staging", "--to", "support-bot:v4", "--reason", "x").code == 2
-    assert cli("rollback", "support-bot:staging", "--to", "support-bot:v3", "--reason", "x").code == 0
+    assert (
+        cli("rollback", "support-bot:staging", "--to", "support-bot:v4", "--reason", "x").code == 2
+    )
+    assert (
+        cli("rollback", "support-bot:staging", "--to", "support-bot:v3", "--reason", "x").code == 0
+    )
     # missing blob of the target: refused with how to restore, nothing moves
     info = json.loads(cli("show", "support-bot:v2", "--json").out)
-    weights = next(f for f in info["components"]["adapter"]["files"]
-                   if f["path"] == "adapter_model.safetensors")
+    weights = next(
+        f
+        for f in info["components"]["adapter"]["files"]
+        if f["path"] == "adapter_model.safetensors"
+    )
     shared = any(f["digest"] == weights["digest"] for v in (1, 3)
                  for f in json.loads(cli("show", f"support-bot:v{v}", "--json").out)
                  ["components"]["adapter"]["files"])  # fmt: skip
@@ -136,8 +146,14 @@ def test_rollback_walks_back_and_checks_blobs(bundles3, tmp_path, tiny, reg) -> 
     assert bad.code == 1 and "registry pull" in bad.err
     assert snapshot(reg.root) == before
     hist = json.loads(cli("history", "support-bot:staging", "--json").out)
-    assert [h["action"] for h in hist] == ["rollback", "rollback", "rollback", "promote",
-                                           "promote", "promote"]
+    assert [h["action"] for h in hist] == [
+        "rollback",
+        "rollback",
+        "rollback",
+        "promote",
+        "promote",
+        "promote",
+    ]
     assert hist[1]["reason"] == "worse"
     assert cli("audit", "verify").code == 0
 
@@ -160,7 +176,7 @@ def test_bad_input_changes_nothing(bundles3, tmp_path, tiny, reg_path) -> None: 
     res = cli("policy", "check", unknown_gate)
     assert res.code == 2 and "unknown gate 'no-such-gate'" in res.err
     unknown_key = tmp_path / "uk.toml"
-    unknown_key.write_text('[gates.fake-outcome]\nmin_scor = 0.3\n')
+    unknown_key.write_text("[gates.fake-outcome]\nmin_scor = 0.3\n")
     assert "unknown key(s) min_scor" in cli("policy", "set", unknown_key).err
     wrong_type = tmp_path / "wt.toml"
     wrong_type.write_text('[gates.fake-outcome]\nmin_score = "high"\n')
@@ -175,8 +191,9 @@ def test_gate_engine_records_everything(bundles3, tmp_path, tiny) -> None:  # no
     cli = bundles3
     pol = write_policy(tmp_path, tiny)
     cli("policy", "set", pol)
-    res = cli("gates", "run", "support-bot:v1", "--gate", "fake-after", "--gate", "fake-outcome",
-              "--json")
+    res = cli(
+        "gates", "run", "support-bot:v1", "--gate", "fake-after", "--gate", "fake-outcome", "--json"
+    )
     records = json.loads(res.out)
     assert [r["gate"] for r in records] == ["fake-outcome", "fake-after"]  # dependency order
     assert records[1]["metrics"] == {"saw_prior": True}
@@ -195,7 +212,9 @@ def test_gate_engine_records_everything(bundles3, tmp_path, tiny) -> None:  # no
     ev = json.loads(cli("gates", "show", "support-bot:v1", "--evidence", str(out["id"])).out)
     assert ev["evidence"] == {"adapter_r": 8, "workdir_has_adapter": True}
     assert ev["bundle"] == shown["bundle"]["digest"]
-    assert cli("gc", "--grace", "0", "--force", "--reason", "test").code == 0  # evidence, policy and eval sets are reachable
+    assert (
+        cli("gc", "--grace", "0", "--force", "--reason", "test").code == 0
+    )  # evidence, policy and eval sets are reachable
     assert cli("verify", "--all").code == 0
     assert json.loads(cli("policy", "show", "--json").out)["digest"] == digest
     cli("gates", "run", "support-bot:v1", "--gate", "fake-outcome")
@@ -239,7 +258,9 @@ def test_concurrent_promotions_exactly_one_wins(cli, tiny, tmp_path, reg_path) -
         losers = [o for o in out if o[0] == "lost"]
         assert len(winners) == 1 and len(losers) == 7, out
         winner_actor = winners[0][1]
-        assert all(f"as '{winner_actor}' promoted it to {winners[0][2]}" in o[2] for o in losers), losers
+        assert all(f"as '{winner_actor}' promoted it to {winners[0][2]}" in o[2] for o in losers), (
+            losers
+        )
     hist = json.loads(cli("history", "support-bot:production", "--json").out)
     assert len(hist) == 3  # first race winner, the v9 promotion, second race winner
     assert cli("audit", "verify").code == 0

@@ -28,7 +28,10 @@ def test_canonical_json_is_stable_and_compact() -> None:
 VALID_COMPONENT = {
     "schema": "registry.component.v1",
     "kind": "adapter",
-    "files": [{"path": "a.json", "digest": D, "size": 3}, {"path": "w/b.bin", "digest": D, "size": 0}],
+    "files": [
+        {"path": "a.json", "digest": D, "size": 3},
+        {"path": "w/b.bin", "digest": D, "size": 0},
+    ],
     "meta": {"r": 8},
 }
 
@@ -56,7 +59,9 @@ INVALID_COMPONENTS = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("data", "why"), INVALID_COMPONENTS, ids=[w for _, w in INVALID_COMPONENTS])
+@pytest.mark.parametrize(
+    ("data", "why"), INVALID_COMPONENTS, ids=[w for _, w in INVALID_COMPONENTS]
+)
 def test_invalid_component_manifests_are_refused(data: dict, why: str) -> None:
     with pytest.raises(InvalidInputError):
         ComponentManifest.from_bytes(canonical_json(data))
@@ -70,14 +75,23 @@ def test_non_canonical_manifest_bytes_are_refused() -> None:
 
 def test_bundle_manifest_digest_depends_on_content_only() -> None:
     comps = {"adapter": {"digest": D, "size": 10}}
-    m1 = BundleManifest.from_dict({"schema": "registry.bundle.v1", "name": "bot",
-                                   "components": comps, "parent": None, "annotations": {}})
+    m1 = BundleManifest.from_dict(
+        {
+            "schema": "registry.bundle.v1",
+            "name": "bot",
+            "components": comps,
+            "parent": None,
+            "annotations": {},
+        }
+    )
     m2 = BundleManifest.from_bytes(m1.to_bytes())
     assert m1.digest == m2.digest
     with pytest.raises(InvalidInputError):
         BundleManifest.from_dict({**m1.to_dict(), "parent": "sha256:1234"})
     with pytest.raises(InvalidInputError):
-        BundleManifest.from_dict({**m1.to_dict(), "components": {"weights": {"digest": D, "size": 1}}})
+        BundleManifest.from_dict(
+            {**m1.to_dict(), "components": {"weights": {"digest": D, "size": 1}}}
+        )
 
 
 GOOD_PATHS = ["a", "a/b.json", "model-00001-of-00002.safetensors", "dir.with.dots/x"]
@@ -100,7 +114,9 @@ def test_bad_paths_are_refused_structurally(path: str, why: str) -> None:
         check_relpath(path)
 
 
-def write_safetensors(path: Path, header: dict | bytes, data: bytes = b"", length: int | None = None) -> Path:
+def write_safetensors(
+    path: Path, header: dict | bytes, data: bytes = b"", length: int | None = None
+) -> Path:
     raw = header if isinstance(header, bytes) else json.dumps(header).encode()
     n = len(raw) if length is None else length
     path.write_bytes(struct.pack("<Q", n) + raw + data)
@@ -111,8 +127,11 @@ def test_real_safetensors_header_is_read_without_tensors(tmp_path: Path) -> None
     import numpy as np
     from safetensors.numpy import save_file
 
-    save_file({"w": np.zeros((4, 3), dtype=np.float32), "b": np.ones(3, dtype=np.float16)},
-              tmp_path / "m.safetensors", metadata={"format": "pt"})
+    save_file(
+        {"w": np.zeros((4, 3), dtype=np.float32), "b": np.ones(3, dtype=np.float16)},
+        tmp_path / "m.safetensors",
+        metadata={"format": "pt"},
+    )
     h = read_header(tmp_path / "m.safetensors")
     assert h.tensors["w"].shape == (4, 3) and h.tensors["w"].dtype == "F32"
     assert h.parameters == 15 and h.metadata == {"format": "pt"}

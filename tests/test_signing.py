@@ -64,7 +64,9 @@ def ms_api_verify(model: Path, pub: Path) -> None:
 
 
 @SQLITE_ONLY
-def test_signed_export_verifies_with_model_signing_cli_and_api(cli, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001, E501
+def test_signed_export_verifies_with_model_signing_cli_and_api(
+    cli, reg_path, tiny, tmp_path
+) -> None:  # noqa: ANN001, E501
     out, pub, key_id = signed_export(cli, tiny, tmp_path)
     sig = out / "registry" / "model.sig"
     from registry import signing
@@ -219,9 +221,9 @@ def test_tampered_signature_blob_or_row_is_caught(cli, reg_path, tiny, tmp_path)
         path = reg.store.path(sig1)
         os.chmod(path, 0o644)
         data = json.loads(path.read_bytes())
-        data["dsseEnvelope"]["signatures"][0]["sig"] = data["dsseEnvelope"]["signatures"][0][
-            "sig"
-        ][::-1]
+        data["dsseEnvelope"]["signatures"][0]["sig"] = data["dsseEnvelope"]["signatures"][0]["sig"][
+            ::-1
+        ]
         path.write_text(json.dumps(data))
     finally:
         reg.close()

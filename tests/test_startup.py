@@ -29,8 +29,13 @@ sys.stderr.write("\\nLOADED:" + json.dumps(sorted({m.split(".")[0] for m in sys.
 
 def loaded_after(args: list[str], cwd: Path) -> list[str]:
     """Heavy top-level packages imported by running `registry ARGS` in a fresh interpreter."""
-    proc = subprocess.run([sys.executable, "-c", PROBE, json.dumps(args), json.dumps(HEAVY)],
-                          cwd=cwd, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(args), json.dumps(HEAVY)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "LOADED:" in proc.stderr, proc.stderr
     return json.loads(proc.stderr.rsplit("LOADED:", 1)[1])
 
@@ -45,10 +50,17 @@ def test_light_commands_import_nothing_heavy(cli, reg_path, tiny) -> None:  # no
     assert cli(*add_args(tiny), "--annotation", "k=v").code == 0
     assert cli("promote", "support-bot:v2", "--to", "staging").code == 0
     r = ["--registry", str(reg_path)]
-    for args in (["--help"], r + ["ls"], r + ["ls", "--json"], r + ["show", "support-bot:v1"],
-                 r + ["history", "support-bot:staging"], r + ["audit", "verify"],
-                 r + ["verify", "support-bot:v1"], r + ["diff", "support-bot:v1", "support-bot:v2"],
-                 r + ["rollback", "support-bot:staging", "--reason", "test"]):
+    for args in (
+        ["--help"],
+        r + ["ls"],
+        r + ["ls", "--json"],
+        r + ["show", "support-bot:v1"],
+        r + ["history", "support-bot:staging"],
+        r + ["audit", "verify"],
+        r + ["verify", "support-bot:v1"],
+        r + ["diff", "support-bot:v1", "support-bot:v2"],
+        r + ["rollback", "support-bot:staging", "--reason", "test"],
+    ):
         assert loaded_after(args, reg_path.parent) == [], args
     moves = json.loads(run_cli("history", "support-bot:staging", "--json", registry=reg_path).out)
     assert moves[0]["action"] == "rollback"  # the probe really ran the command

@@ -86,7 +86,8 @@ def test_sigkill_during_add_leaves_registry_consistent(cli, reg_path, tiny, tmp_
     args[args.index("--base") + 1] = str(base)
     proc = subprocess.Popen(
         [sys.executable, "-m", "registry.cli", "--registry", str(reg_path), *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     tmpdir = reg_path / "blobs" / "tmp"
     deadline = time.time() + 60

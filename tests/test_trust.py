@@ -117,14 +117,16 @@ def two_roles(database_url: str | None):  # noqa: ANN201
 
 
 @pytest.mark.usefixtures("fake_gates")
-def test_postgres_session_user_is_the_actor(bundle, tmp_path, reg_path, two_roles, monkeypatch) -> None:  # noqa: ANN001
+def test_postgres_session_user_is_the_actor(
+    bundle, tmp_path, reg_path, two_roles, monkeypatch
+) -> None:  # noqa: ANN001
     urls, roles = two_roles
     cli = bundle
     assert cli("policy", "set", policy_file(tmp_path / "p", actors=[roles["alice"]])).code == 0
     monkeypatch.setenv("REGISTRY_DATABASE_URL", urls["bob"])
     assert cli("gates", "run", "support-bot:v1").code == 0
     res = cli("promote", "support-bot:v1", "--to", "production", "--actor", roles["alice"])
-    assert res.code == 3 and f"{roles['bob']} as \"{roles['alice']}\" may not move" in res.err
+    assert res.code == 3 and f'{roles["bob"]} as "{roles["alice"]}" may not move' in res.err
     monkeypatch.setenv("REGISTRY_DATABASE_URL", urls["alice"])
     ok = cli("promote", "support-bot:v1", "--to", "production")
     assert ok.code == 0, ok.err
@@ -273,7 +275,9 @@ def test_forged_event_is_invisible_unsigned_and_caught_when_signed(
     assert res.code == 1 and "signature by key:" in res.out and "does not verify" in res.out
 
 
-def test_events_by_untrusted_or_missing_signers_are_reported(cli, tiny, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+def test_events_by_untrusted_or_missing_signers_are_reported(
+    cli, tiny, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
     priv, pub = keypair(tmp_path, "a")
     _other_priv, other_pub = keypair(tmp_path, "b")
     monkeypatch.setenv("REGISTRY_SIGNING_KEY", str(priv))
@@ -287,13 +291,17 @@ def test_events_by_untrusted_or_missing_signers_are_reported(cli, tiny, tmp_path
     assert res.code == 1 and "is not signed" in res.out
 
 
-def test_key_signed_moves_must_be_by_a_policy_key(cli, tiny, tmp_path, reg_path, monkeypatch) -> None:  # noqa: ANN001
+def test_key_signed_moves_must_be_by_a_policy_key(
+    cli, tiny, tmp_path, reg_path, monkeypatch
+) -> None:  # noqa: ANN001
     """With a policy naming keys, stripping a move's signature is caught as not allowed."""
     priv, pub = keypair(tmp_path, "rel")
     d = tmp_path / "pol"
     (d / "keys").mkdir(parents=True)
     (d / "keys" / "rel.pub").write_bytes(pub.read_bytes())
-    (d / "policy.toml").write_text('[channels.production]\nrequire = []\nactors = ["keys/rel.pub"]\n')
+    (d / "policy.toml").write_text(
+        '[channels.production]\nrequire = []\nactors = ["keys/rel.pub"]\n'
+    )
     assert cli(*add_args(tiny)).code == 0
     cli("policy", "set", d / "policy.toml")
     blocked = cli("promote", "support-bot:v1", "--to", "production")
@@ -308,8 +316,10 @@ def test_key_signed_moves_must_be_by_a_policy_key(cli, tiny, tmp_path, reg_path,
     with reg.db.write() as conn:
         ev = conn.execute(f"SELECT {EVENT_COLUMNS} FROM event WHERE action = 'promote'").dicts()[0]
         ev.update(signer=None, signature=None)
-        conn.execute("UPDATE event SET signer = NULL, signature = NULL, digest = :d WHERE seq = :s",
-                     {"d": event_digest(ev), "s": ev["seq"]})
+        conn.execute(
+            "UPDATE event SET signer = NULL, signature = NULL, digest = :d WHERE seq = :s",
+            {"d": event_digest(ev), "s": ev["seq"]},
+        )
         conn.execute("UPDATE channel SET head_event = :d", {"d": event_digest(ev)})
         conn.execute("UPDATE audit_head SET digest = :d", {"d": event_digest(ev)})
     reg.close()
@@ -321,7 +331,9 @@ def test_key_signed_moves_must_be_by_a_policy_key(cli, tiny, tmp_path, reg_path,
 
 
 @pytest.mark.usefixtures("fake_gates")
-def test_signed_gate_run_is_an_in_toto_test_result(bundle, tmp_path, reg_path, monkeypatch, me) -> None:  # noqa: ANN001
+def test_signed_gate_run_is_an_in_toto_test_result(
+    bundle, tmp_path, reg_path, monkeypatch, me
+) -> None:  # noqa: ANN001
     from securesystemslib.dsse import Envelope
     from securesystemslib.signer import SSlibKey
 
@@ -352,7 +364,9 @@ def test_signed_gate_run_is_an_in_toto_test_result(bundle, tmp_path, reg_path, m
 
 
 @pytest.mark.usefixtures("fake_gates")
-def test_imported_run_counts_only_when_signed_by_a_trusted_key(bundle, tmp_path, reg_path, me) -> None:  # noqa: ANN001
+def test_imported_run_counts_only_when_signed_by_a_trusted_key(
+    bundle, tmp_path, reg_path, me
+) -> None:  # noqa: ANN001
     """A gate run made elsewhere arrives as an attestation; gate_signers decides."""
     from registry import gate_runs
     from registry.identity import Identity
@@ -387,7 +401,9 @@ def test_imported_run_counts_only_when_signed_by_a_trusted_key(bundle, tmp_path,
                                             load_private(key_path)))  # fmt: skip
 
         who = Identity("puller", "os")
-        gate_runs.import_attestation(reg, who, digest, attest(tmp_path / "keys/rogue.key", "passed"), "gpu")
+        gate_runs.import_attestation(
+            reg, who, digest, attest(tmp_path / "keys/rogue.key", "passed"), "gpu"
+        )
     finally:
         reg.close()
     blocked = cli("promote", "support-bot:v1", "--to", "staging")

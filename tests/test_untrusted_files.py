@@ -211,13 +211,17 @@ REFUSED = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("build", "message"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED])
+@pytest.mark.parametrize(
+    ("build", "message"), [r[1:] for r in REFUSED], ids=[r[0] for r in REFUSED]
+)
 def test_untrusted_file_refused(seeded, reg_path, tiny, tmp_path, build, message) -> None:  # noqa: ANN001
     expect_refused(seeded, reg_path, build(tiny, tmp_path), 2, message)
     assert not (tmp_path / MARKER).exists()  # nothing was unpickled
 
 
-def test_allow_pickle_stores_content_pickles_never_loads_them(seeded, reg_path, tiny, tmp_path) -> None:  # noqa: ANN001
+def test_allow_pickle_stores_content_pickles_never_loads_them(
+    seeded, reg_path, tiny, tmp_path
+) -> None:  # noqa: ANN001
     ad = copy(tiny["adapter"], tmp_path, "ad")
     (ad / "optimizer").write_bytes(evil(tmp_path / MARKER))
     (ad / "state.pkl.gz").write_bytes(gzip.compress(evil(tmp_path / MARKER)))
@@ -274,7 +278,9 @@ def outside(tmp_path: Path) -> Path:
     return secret
 
 
-def test_eval_set_symlink_leaving_policy_dir(fake_gates, seeded, reg_path, tiny, tmp_path, outside) -> None:  # noqa: ANN001, F811
+def test_eval_set_symlink_leaving_policy_dir(
+    fake_gates, seeded, reg_path, tiny, tmp_path, outside
+) -> None:  # noqa: ANN001, F811
     d = policy_dir(tmp_path, tiny)
     os.symlink(outside, d / "evals" / "target.jsonl")
     for cmd in ("set", "check"):
@@ -284,7 +290,9 @@ def test_eval_set_symlink_leaving_policy_dir(fake_gates, seeded, reg_path, tiny,
         )  # fmt: skip
 
 
-def test_eval_set_through_symlinked_directory(fake_gates, seeded, reg_path, tiny, tmp_path, outside) -> None:  # noqa: ANN001, F811
+def test_eval_set_through_symlinked_directory(
+    fake_gates, seeded, reg_path, tiny, tmp_path, outside
+) -> None:  # noqa: ANN001, F811
     d = policy_dir(tmp_path, tiny)
     (d / "evals").rmdir()
     (outside.parent / "target.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
@@ -292,7 +300,9 @@ def test_eval_set_through_symlinked_directory(fake_gates, seeded, reg_path, tiny
     expect_refused(seeded, reg_path, ["policy", "set", d / "policy.toml"], 2, "resolves outside")
 
 
-def test_default_eval_set_symlink_leaving_policy_dir(seeded, reg_path, tiny, tmp_path, outside) -> None:  # noqa: ANN001
+def test_default_eval_set_symlink_leaving_policy_dir(
+    seeded, reg_path, tiny, tmp_path, outside
+) -> None:  # noqa: ANN001
     # target-eval's default eval_set is evals/target.jsonl: not named, but read if present.
     d = policy_dir(tmp_path, tiny, text='[channels.staging]\nrequire = ["target-eval"]\n')
     os.symlink(outside, d / "evals" / "target.jsonl")
@@ -303,7 +313,9 @@ def test_default_eval_set_symlink_leaving_policy_dir(seeded, reg_path, tiny, tmp
 
 
 @pytest.mark.parametrize("where", ["actors", "gate_signers", "admin"])
-def test_key_file_symlink_leaving_policy_dir(fake_gates, seeded, reg_path, tiny, tmp_path, where) -> None:  # noqa: ANN001, F811
+def test_key_file_symlink_leaving_policy_dir(
+    fake_gates, seeded, reg_path, tiny, tmp_path, where
+) -> None:  # noqa: ANN001, F811
     keydir = tmp_path / "elsewhere"
     assert run_cli("key", "generate", keydir / "bob.key").code == 0
     extra = {
@@ -375,7 +387,9 @@ def test_registry_toml_with_password_refused(reg_path, monkeypatch) -> None:  # 
 @pytest.mark.parametrize("command", ["ls", "init"])
 def test_connection_failure_is_one_line_without_password(tmp_path, monkeypatch, command) -> None:  # noqa: ANN001
     _clean(monkeypatch)
-    monkeypatch.setenv("REGISTRY_DATABASE_URL", f"postgresql+psycopg://bob:{SECRET}@127.0.0.1:1/reg")
+    monkeypatch.setenv(
+        "REGISTRY_DATABASE_URL", f"postgresql+psycopg://bob:{SECRET}@127.0.0.1:1/reg"
+    )
     reg = tmp_path / "reg"
     if command == "ls":
         reg.mkdir()
@@ -417,4 +431,6 @@ def test_redaction_helpers() -> None:
     assert url_target(url) == "db.example:5433/reg"
     assert SECRET not in redact(f"failed at {url} with {SECRET}", url)
     assert url_password("postgresql://bob@db/reg") is None
-    assert redact_url("postgresql://h/db?password=x&user=u") == "postgresql://h/db?password=***&user=u"
+    assert (
+        redact_url("postgresql://h/db?password=x&user=u") == "postgresql://h/db?password=***&user=u"
+    )

@@ -20,8 +20,10 @@ def register(app: typer.Typer) -> None:
 
 def train(
     from_ref: Annotated[
-        str, typer.Option("--from", help="Bundle to train from: its base, and by default its"
-                          " dataset and config.")
+        str,
+        typer.Option(
+            "--from", help="Bundle to train from: its base, and by default its dataset and config."
+        ),
     ],
     name: Annotated[str, typer.Option(help="Name to register the new bundle under.")],
     dataset: Annotated[
@@ -62,9 +64,11 @@ def train(
         echo(f"registered {res.tag} {res.digest}{again}")
         if run:
             m = run["metrics"]
-            echo(f"train {status.upper()}: {m.get('steps')} steps, train loss"
-                 f" {_num(m.get('initial_train_loss'))} -> {_num(m.get('final_train_loss'))},"
-                 f" overfitting {m.get('overfitting')}")
+            echo(
+                f"train {status.upper()}: {m.get('steps')} steps, train loss"
+                f" {_num(m.get('initial_train_loss'))} -> {_num(m.get('final_train_loss'))},"
+                f" overfitting {m.get('overfitting')}"
+            )
             echo(f"  details: registry gates show {res.tag} --evidence {run['id']}")
     if status == "failed":
         raise typer.Exit(3)

@@ -141,13 +141,12 @@ def push(
     refs_text = f"; wrote {', '.join(res.refs)}" if res.refs else "; refs already up to date"
     trust = _trust_text("sent", res.gate_runs_sent, "gate-run attestation", res.signatures_sent)
     echo(
-        f"pushed {res.tag} {res.digest} to {remote}: {sent}{refs_text}{trust}"
-        f" ({res.seconds:.1f}s)"
+        f"pushed {res.tag} {res.digest} to {remote}: {sent}{refs_text}{trust} ({res.seconds:.1f}s)"
     )
 
 
 def _trust_text(verb: str, runs: int, noun: str, signatures: int) -> str:
-    """"; sent 2 gate-run attestations, 1 signature" (empty when there were none)."""
+    """ "; sent 2 gate-run attestations, 1 signature" (empty when there were none)."""
     parts = [f"{runs} {noun}{'s' if runs != 1 else ''}"] if runs else []
     if signatures:
         parts.append(f"{signatures} signature{'s' if signatures != 1 else ''}")

@@ -18,9 +18,7 @@ def register(app: typer.Typer) -> None:
 
 
 def tui(
-    actor: Annotated[
-        str | None, typer.Option(help=ACTOR_HELP)
-    ] = None,
+    actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
 ) -> None:
     """Browse bundles and gate results, promote and roll back, in a terminal UI."""
     from registry.cli import actor_or_default, open_registry

@@ -219,8 +219,10 @@ def _from_hub(
                 files.append(FileEntry(rel, f"sha256:{s.lfs.sha256}", s.size))
                 continue
             cached = repo_cache / "snapshots" / commit / rel
-            local = cached if cached.is_file() else Path(
-                hf_hub_download(repo, s.rfilename, revision=commit)
+            local = (
+                cached
+                if cached.is_file()
+                else Path(hf_hub_download(repo, s.rfilename, revision=commit))
             )
             digest, size = hash_file(local.resolve())
             files.append(FileEntry(rel, digest, size))

@@ -101,7 +101,9 @@ def test_two_registries_on_one_database_and_one_bucket_share_one_history(
     got = json.loads(cli_ok(carol, "pull", "support-bot:production", "--remote", "team",
                             "--json"))  # fmt: skip
     assert got["digest"] == v1["digest"] and got["tag"] == "support-bot:v1"
-    assert got["tracking"] == "team/production" and "ok" in cli_ok(carol, "verify", "support-bot:v1")
+    assert got["tracking"] == "team/production" and "ok" in cli_ok(
+        carol, "verify", "support-bot:v1"
+    )
     assert v2["digest"] != v1["digest"]
     # Her local production does not exist until she promotes (through her policy).
     assert run_cli("history", "support-bot:production", registry=carol).code == 2

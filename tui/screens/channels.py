@@ -90,9 +90,7 @@ class ChannelsScreen(RegistryScreen):
         for r in self.remote_rows:
             label = Text(r["view"] if self.bundle_name else f"{r['name']}:{r['view']}")
             label.append(" remote", style="italic cyan")
-            table.add_row(
-                label, r["tag"], Text("read-only", style="dim"), when(r["fetched_at"])
-            )
+            table.add_row(label, r["tag"], Text("read-only", style="dim"), when(r["fetched_at"]))
         self.app.refresh_bindings()  # whether r (roll back) applies
         if not self.rows and not self.remote_rows:
             self.query_one("#history-title", Label).update(
