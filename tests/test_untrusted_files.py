@@ -278,9 +278,8 @@ def outside(tmp_path: Path) -> Path:
     return secret
 
 
-def test_eval_set_symlink_leaving_policy_dir(
-    fake_gates, seeded, reg_path, tiny, tmp_path, outside
-) -> None:  # noqa: ANN001, F811
+@pytest.mark.usefixtures("fake_gates")
+def test_eval_set_symlink_leaving_policy_dir(seeded, reg_path, tiny, tmp_path, outside) -> None:  # noqa: ANN001
     d = policy_dir(tmp_path, tiny)
     os.symlink(outside, d / "evals" / "target.jsonl")
     for cmd in ("set", "check"):
@@ -290,9 +289,8 @@ def test_eval_set_symlink_leaving_policy_dir(
         )  # fmt: skip
 
 
-def test_eval_set_through_symlinked_directory(
-    fake_gates, seeded, reg_path, tiny, tmp_path, outside
-) -> None:  # noqa: ANN001, F811
+@pytest.mark.usefixtures("fake_gates")
+def test_eval_set_through_symlinked_directory(seeded, reg_path, tiny, tmp_path, outside) -> None:  # noqa: ANN001
     d = policy_dir(tmp_path, tiny)
     (d / "evals").rmdir()
     (outside.parent / "target.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
@@ -312,10 +310,9 @@ def test_default_eval_set_symlink_leaving_policy_dir(
     )  # fmt: skip
 
 
+@pytest.mark.usefixtures("fake_gates")
 @pytest.mark.parametrize("where", ["actors", "gate_signers", "admin"])
-def test_key_file_symlink_leaving_policy_dir(
-    fake_gates, seeded, reg_path, tiny, tmp_path, where
-) -> None:  # noqa: ANN001, F811
+def test_key_file_symlink_leaving_policy_dir(seeded, reg_path, tiny, tmp_path, where) -> None:  # noqa: ANN001
     keydir = tmp_path / "elsewhere"
     assert run_cli("key", "generate", keydir / "bob.key").code == 0
     extra = {
@@ -332,7 +329,8 @@ def test_key_file_symlink_leaving_policy_dir(
     )  # fmt: skip
 
 
-def test_symlink_inside_policy_dir_is_fine(fake_gates, seeded, tiny, tmp_path) -> None:  # noqa: ANN001, F811
+@pytest.mark.usefixtures("fake_gates")
+def test_symlink_inside_policy_dir_is_fine(seeded, tiny, tmp_path) -> None:  # noqa: ANN001
     d = policy_dir(tmp_path, tiny)
     (d / "data").mkdir()
     (d / "data" / "target.jsonl").write_text('{"prompt": "p", "completion": "c"}\n')
