@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REGISTRY = [sys.executable, "-m", "registry.cli"]
+REGISTRY = [sys.executable, "-m", "cli"]
 BIN = Path(sys.executable).parent / "registry"
 
 

@@ -2,7 +2,7 @@
 
 Each class carries the exit code the CLI uses (docs/design.md: 2 usage, 1 failure, 3 blocked
 by gates) and a hint that names the next thing to do. The CLI turns any RegistryError into
-one line at a single place (`registry.cli.main`).
+one line at a single place (`cli.app.main`).
 """
 
 from __future__ import annotations

@@ -118,7 +118,7 @@ class CliResult:
 
 def run_cli(*args: str | Path, registry: Path | None = None) -> CliResult:
     """Run `registry ARGS` in-process, as the console script does; capture output."""
-    from registry.cli import main
+    from cli.app import main
 
     argv = (
         ["registry"] + (["--registry", str(registry)] if registry else []) + [str(a) for a in args]

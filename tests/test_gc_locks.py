@@ -52,7 +52,7 @@ def hold(reg_path: Path, kind: str, seconds: float) -> subprocess.Popen[str]:
 
 def registry_cmd(reg_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "registry.cli", "--registry", str(reg_path), *args],
+        [sys.executable, "-m", "cli", "--registry", str(reg_path), *args],
         capture_output=True, text=True, env=env(), cwd=ROOT, timeout=120,
     )  # fmt: skip
 

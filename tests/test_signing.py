@@ -285,7 +285,7 @@ def test_unsigned_export_has_no_signature_and_gc_keeps_signatures(cli, tiny, tmp
 PROBE = """
 import sys
 sys.argv = ["registry"] + sys.argv[1:]
-from registry.cli import main
+from cli.app import main
 try:
     main()
 except SystemExit:

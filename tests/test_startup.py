@@ -18,7 +18,7 @@ PROBE = """
 import json, sys
 args, heavy = json.loads(sys.argv[1]), set(json.loads(sys.argv[2]))
 sys.argv = ["registry"] + args
-from registry.cli import main
+from cli.app import main
 try:
     main()
 except SystemExit:

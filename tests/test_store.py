@@ -85,7 +85,7 @@ def test_sigkill_during_add_leaves_registry_consistent(cli, reg_path, tiny, tmp_
     args = add_args(tiny)
     args[args.index("--base") + 1] = str(base)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "registry.cli", "--registry", str(reg_path), *args],
+        [sys.executable, "-m", "cli", "--registry", str(reg_path), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

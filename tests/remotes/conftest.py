@@ -40,8 +40,8 @@ AWS_ENV = {
 
 def _register_commands() -> None:
     """Wire remote/push/pull into the CLI app (cli.py does this once the lead merges it)."""
-    from registry.cli import app
-    from registry.commands import remote
+    from cli.app import app
+    from cli.commands import remote
 
     remote.register(app)
 

@@ -174,7 +174,7 @@ def test_push_publishes_a_peft_repo_that_transformers_and_pull_load(
 
 
 def test_versions_tags_and_channels_on_the_hub(make_registry, tiny, hub) -> None:
-    from registry.commands.remote import ls_remote
+    from cli.commands.remote import ls_remote
     from registry.repo import Registry
 
     a, b = make_registry("a"), make_registry("b")
@@ -354,7 +354,7 @@ def test_an_interrupted_hub_push_resumes_without_resending(
     res = run_cli("push", "support-bot:v1", "--remote", "hub", "--include-base", registry=a)
     assert res.code == 1 and repo.tags == {} and len(repo.commits) == 2
     assert hub.state.lfs_uploaded == uploaded  # nothing large sent twice
-    from registry.commands.remote import ls_remote
+    from cli.commands.remote import ls_remote
     from registry.repo import Registry
 
     reg = Registry.open(a)

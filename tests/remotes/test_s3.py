@@ -257,7 +257,7 @@ def test_channels_move_on_the_remote_and_pull_tracks_them(make_registry, tiny, s
     cli_ok(a, "promote", "support-bot:v2", "--to", "production")
     assert push_json(a, "support-bot:production")["refs"] == ["v2", "production"]
     assert refs_on(s3)["team/refs/support-bot/production"] == v2["digest"]
-    from registry.commands.remote import ls_remote, render_ls_remote
+    from cli.commands.remote import ls_remote, render_ls_remote
     from registry.repo import Registry
 
     reg = Registry.open(b)
@@ -447,8 +447,8 @@ def test_network_cut_mid_push_leaves_no_ref_and_a_rerun_resumes(
 
 PUSH_PROCESS = """
 import sys
-from registry.cli import app, main
-from registry.commands import remote
+from cli.app import app, main
+from cli.commands import remote
 remote.register(app)
 sys.argv = ["registry"] + sys.argv[1:]
 main()
@@ -569,8 +569,8 @@ PROBE = """
 import json, sys
 args, heavy = json.loads(sys.argv[1]), set(json.loads(sys.argv[2]))
 sys.argv = ["registry"] + args
-from registry.cli import app, main
-from registry.commands import remote
+from cli.app import app, main
+from cli.commands import remote
 remote.register(app)
 try:
     main()
@@ -614,7 +614,7 @@ def test_remote_commands_that_do_not_talk_to_a_remote_import_nothing_heavy(
 def test_ls_remote_lists_versions_and_channels(make_registry, tiny, s3: S3Env) -> None:
     a = make_registry("a")
     if "--remote" not in run_cli("ls", "--help", registry=a).out:
-        pytest.skip("`registry ls --remote` is wired in registry/cli.py by the lead")
+        pytest.skip("`registry ls --remote` is wired in cli/app.py by the lead")
     bundle = add_tiny(a, tiny)
     add_remote(a, s3)
     assert "holds no bundles yet" in cli_ok(a, "ls", "--remote", "origin")

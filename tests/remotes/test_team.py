@@ -83,7 +83,7 @@ def test_two_registries_on_one_database_and_one_bucket_share_one_history(
         ]
         role = PG_ADMIN.split("://", 1)[1].split("@", 1)[0]
         assert {h["actor"] for h in history} == {role}
-        from registry.commands.remote import ls_remote
+        from cli.commands.remote import ls_remote
         from registry.repo import Registry
 
         reg = Registry.open(alice)

@@ -507,9 +507,9 @@ def test_virtual_table_formats_only_visible_rows(tmp_path: Path) -> None:
 
 PROBE = """
 import sys
-from registry import cli
-from registry.commands import tui
-tui.register(cli.app)  # as registry/cli.py does
+import cli.app as cli
+from cli.commands import tui
+tui.register(cli.app)  # as cli/app.py does
 sys.argv = ["registry", *sys.argv[1:]]
 try:
     cli.main()

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli.context import actor_or_default, open_registry
 from registry.config import ACTOR_HELP
 from registry.output import echo, emit_json, err, table
 
@@ -40,7 +41,6 @@ def promote(
     from pathlib import Path
 
     from registry import channels
-    from registry.cli import actor_or_default, open_registry
 
     reg = open_registry()
     who = actor_or_default(actor)
@@ -102,7 +102,6 @@ def rollback(
 ) -> None:
     """Put a channel back on the bundle it held before: fast, offline, audited."""
     from registry import channels
-    from registry.cli import actor_or_default, open_registry
 
     reg = open_registry()
     try:
@@ -129,7 +128,6 @@ def history(
     """The moves of a channel, newest first: who, when, from, to, why. For a remote-tracking
     view (NAME:REMOTE/CHANNEL): what the remote said at the last pull."""
     from registry import channels, present, refs
-    from registry.cli import open_registry
 
     reg = open_registry()
     try:
@@ -193,7 +191,6 @@ def audit_verify(
     """Check the chain, its signatures and what it covers (gate runs, tags, the policy in
     force, channel positions); report the first broken link (exit 1 if any)."""
     from registry.audit import verify
-    from registry.cli import open_registry
     from registry.keys import load_public
 
     trusted = {load_public(p).id for p in trust} if trust else None

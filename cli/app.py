@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
+from cli.context import JsonOpt, actor_or_default, open_registry, set_options
 from registry.config import ACTOR_HELP
 from registry.errors import RegistryError, UsageError
 from registry.output import echo, emit_json, err, human_size, table
@@ -33,10 +34,6 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-_state: dict[str, Any] = {"registry": None, "debug": False}
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
-
 
 @app.callback()
 def _main(
@@ -51,21 +48,7 @@ def _main(
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
 ) -> None:
-    _state["registry"] = registry
-    _state["debug"] = debug or os.environ.get("REGISTRY_DEBUG") == "1"
-
-
-def open_registry() -> Any:
-    from registry.repo import Registry
-
-    return Registry.open(_state["registry"])
-
-
-def actor_or_default(actor: str | None) -> str:
-    """The display name for this command (who acts is authenticated: registry.identity)."""
-    from registry.config import display_name
-
-    return display_name(actor)
+    set_options(registry, debug or os.environ.get("REGISTRY_DEBUG") == "1")
 
 
 # --- init / add ---------------------------------------------------------------------------
@@ -181,7 +164,7 @@ def ls_cmd(
     from registry import bundles
 
     if remote is not None:
-        from registry.commands.remote import ls_remote, render_ls_remote
+        from cli.commands.remote import ls_remote, render_ls_remote
 
         reg = open_registry()
         try:
@@ -400,7 +383,7 @@ def export(
 
 def _register_groups() -> None:
     # Command groups kept in their own modules; importing them is cheap (typer only).
-    from registry.commands import gates, policy, release, remote, trust, tui
+    from cli.commands import gates, policy, release, remote, trust, tui
 
     for group in (release, policy, gates, remote, trust, tui):
         group.register(app)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from cli.context import actor_or_default, open_registry
 from registry.config import ACTOR_HELP
 
 
@@ -21,7 +22,6 @@ def tui(
     actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
 ) -> None:
     """Browse bundles and gate results, promote and roll back, in a terminal UI."""
-    from registry.cli import actor_or_default, open_registry
 
     # Opened first, so "no registry" is the usual one-line error, before textual is loaded
     # and the screen changes.

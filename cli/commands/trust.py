@@ -1,7 +1,7 @@
 """`registry sign`, `registry key generate` and `registry whoami`: signing bundles in
 model-signing's format, and the identity the registry records for you.
 
-`registry verify REF --signed-by PUB` (in registry.cli) checks such a signature; the work
+`registry verify REF --signed-by PUB` (in cli.app) checks such a signature; the work
 is in registry.signing, which imports model_signing only when a command needs it.
 """
 
@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from cli.context import actor_or_default, open_registry
 from registry.config import ACTOR_HELP
 from registry.output import echo, emit_json
 
@@ -31,7 +32,6 @@ def whoami(
     """Who the registry records you as: the authenticated user and your signing key.
 
     These are the names a policy's `actors` can list; a display name never counts."""
-    from registry.cli import actor_or_default, open_registry
     from registry.identity import of
 
     reg = open_registry()
@@ -72,7 +72,6 @@ def sign(
 ) -> None:
     """Sign a bundle's exported layout (OpenSSF model-signing; `export` writes it)."""
     from registry import config, identity, keys, signing
-    from registry.cli import open_registry
     from registry.errors import UsageError
 
     reg = open_registry()

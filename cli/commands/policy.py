@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from cli.context import actor_or_default, open_registry
 from registry.config import ACTOR_HELP
 from registry.output import echo, emit_json, err
 
@@ -52,7 +53,6 @@ def set_(
 ) -> None:
     """Make a policy the registry's policy (stored with its eval sets; an audited event)."""
     from gates.policy import load_file, store
-    from registry.cli import actor_or_default, open_registry
 
     pol = load_file(path)
     reg = open_registry()
@@ -67,7 +67,6 @@ def set_(
 def show(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """The policy in force, its digest, who set it and when."""
     from gates.policy import info
-    from registry.cli import open_registry
     from registry.errors import UsageError
 
     reg = open_registry()

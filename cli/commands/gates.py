@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.context import actor_or_default, open_registry
 from registry.config import ACTOR_HELP
 from registry.output import echo, emit_json, err, table
 
@@ -41,7 +42,6 @@ def train(
 
     from gates.engine import runs_for
     from gates.train import train_bundle
-    from registry.cli import actor_or_default, open_registry
 
     reg = open_registry()
     try:
@@ -116,7 +116,6 @@ def run(
     import sys
 
     from gates.engine import exit_code, run_gates
-    from registry.cli import actor_or_default, open_registry
 
     reg = open_registry()
     try:
@@ -181,7 +180,6 @@ def show(
     """Every gate run of a bundle: gate, status, metrics, thresholds, evidence."""
     from gates.engine import evidence as load_evidence
     from gates.engine import runs_for
-    from registry.cli import open_registry
     from registry.errors import UsageError
 
     reg = open_registry()

@@ -10,9 +10,9 @@ from typing import Annotated, Any
 
 import typer
 
+from cli.context import JsonOpt, actor_or_default, open_registry
 from registry.output import echo, emit_json, human_size, table
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 RemoteOpt = Annotated[
     str, typer.Option("--remote", "-r", help="Remote name (`registry remote ls`).")
 ]
@@ -24,13 +24,11 @@ remote_app = typer.Typer(
 
 
 def _open() -> Any:
-    from registry.cli import open_registry
 
     return open_registry()
 
 
 def _actor() -> str:
-    from registry.cli import actor_or_default
 
     return actor_or_default(None)
 

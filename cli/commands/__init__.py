@@ -1,0 +1,1 @@
+"""Command groups that live outside cli/app.py; each exposes `register(app)`."""

@@ -1,1 +1,0 @@
-"""Command groups that live outside cli.py; each exposes `register(app)`."""
