@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from registry.errors import GateError
 
 if TYPE_CHECKING:
-    from gates.policy import Policy
+    from registry.policy import Policy
     from registry.repo import Registry
 
 PASSED, FAILED, ERROR = "passed", "failed", "error"

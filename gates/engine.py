@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from gates import catalog
 from gates.base import ERROR, FAILED, PASSED, GateContext, GateResult
-from gates.policy import Policy
-from registry import locks, refs
+from registry import locks
 from registry.db import now
 from registry.digest import canonical_json
 from registry.errors import GateError, RegistryError
+from registry.policy import Policy
 from registry.repo import Registry
 
 if TYPE_CHECKING:
@@ -239,62 +239,3 @@ def _default(obj: Any) -> Any:
 
 def _dumps(obj: Any) -> str:
     return json.dumps(_jsonable(obj), sort_keys=True)
-
-
-def runs_for(reg: Registry, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A bundle's gate runs, newest first (for `registry gates show` and the TUI).
-
-    Each run carries `trust`: whether it can count for a promotion and why not
-    (registry.gate_runs): an edited record never counts; a pulled run counts only for the
-    channels whose `gate_signers` list its signer."""
-    from gates.policy import current
-    from registry import gate_runs
-
-    policy = current(reg, validate=False)
-    # each channel's trusted signers, read once (key files from the store), not per run
-    signers = {n: policy.gate_signer_keys(n) for n in policy.channels} if policy else {}
-    with reg.db.read() as conn:
-        row = refs.resolve(conn, ref)
-        runs = gate_runs.rows_for(conn, row["digest"])
-        for r in runs:
-            r["trust"] = _trust(reg, conn, r, signers)
-    for r in runs:
-        for key in ("metrics", "thresholds", "inputs", "environment"):
-            r[key] = json.loads(r[key])
-        r["summary"] = _summary(reg, r["evidence_digest"])
-    return row, runs
-
-
-def _trust(
-    reg: Registry, conn: Any, run: dict[str, Any], signers: dict[str, dict[str, Any]]
-) -> dict[str, Any]:
-    from registry import gate_runs
-
-    if why := gate_runs.vouched(conn, run):
-        return {"counts": False, "why": why}
-    if not run["origin"]:
-        return {"counts": True, "why": "recorded here"}
-    refused = {name: gate_runs.trusted_signer(reg, run, keys) for name, keys in signers.items()}
-    counted = [name for name, why in refused.items() if why is None]
-    return {
-        "counts": bool(counted),
-        "why": f"pulled from {run['origin']}, signed by {run['signer'] or 'nobody'}; counts for "
-        + (", ".join(counted) or "no channel"),
-        "channels": {
-            name: why or f"signed by trusted {run['signer']}" for name, why in refused.items()
-        },
-    }
-
-
-def _summary(reg: Registry, digest: str | None) -> str | None:
-    """A run's one-line summary (figures with their intervals), kept in its evidence."""
-    if not digest:
-        return None
-    try:
-        return evidence(reg, digest).get("summary")
-    except (RegistryError, OSError, ValueError):
-        return None
-
-
-def evidence(reg: Registry, digest: str) -> dict[str, Any]:
-    return json.loads(reg.store.read_bytes(digest))

@@ -102,7 +102,8 @@ def recorded_fingerprint(
 ) -> tuple[dict[str, Any], dict[str, Any]] | None:
     """The target's fingerprint recorded closest before it entered the channel (else the
     first one recorded after), with where it came from."""
-    from gates.engine import evidence as load_evidence
+    from registry.gate_runs import evidence as load_evidence
+    from registry.gate_runs import rows_for
 
     with ctx.registry.db.read() as conn:
         entered = conn.execute(
@@ -110,11 +111,11 @@ def recorded_fingerprint(
             " ORDER BY seq DESC LIMIT 1",
             {"n": ctx.bundle["name"], "c": ctx.channel, "d": digest},
         ).scalar()
-        runs = conn.execute(
-            "SELECT id, evidence_digest, ended_at FROM gate_run WHERE bundle_digest = :b"
-            " AND gate = :g AND evidence_digest IS NOT NULL ORDER BY id",
-            {"b": digest, "g": GATE},
-        ).all()
+        runs = [
+            (r["id"], r["evidence_digest"], r["ended_at"])
+            for r in reversed(rows_for(conn, digest))
+            if r["gate"] == GATE and r["evidence_digest"]
+        ]
     before = [r for r in runs if entered is None or r[2] <= entered]
     after = [r for r in runs if entered is not None and r[2] > entered]
     for run in [*reversed(before), *after]:

@@ -380,11 +380,11 @@ class _PolicyCache:
         if not digest:
             return None
         if digest not in self.cache:
-            from gates.policy import load_stored
             from registry.errors import RegistryError
+            from registry.policy import load_stored
 
             try:
-                self.cache[digest] = load_stored(self.reg, digest, validate=False)
+                self.cache[digest] = load_stored(self.reg, digest)
             except (RegistryError, OSError, ValueError, KeyError):
                 self.cache[digest] = None  # a policy blob this store lacks: nothing to check
         policy = self.cache[digest]

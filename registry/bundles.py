@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from registry import audit, locks, refs, tracking
+from registry import audit, gate_runs, locks, refs, tracking
 from registry.db import DBIntegrityError, now
 from registry.digest import Descriptor
 from registry.errors import IntegrityError, InvalidInputError
@@ -213,26 +213,12 @@ def list_bundles(reg: Registry, name: str | None = None) -> list[dict[str, Any]]
         tracked: dict[str, list[str]] = {}
         for t in tracking.views(conn, name):
             tracked.setdefault(t["bundle_digest"], []).append(t["view"])
-        gates = gate_summary(conn)
+        gates = gate_runs.latest_statuses(conn)
     for r in out:
         r["tag"] = f"{r['name']}:v{r['version']}"
         r["channels"] = sorted(held.get(r["digest"], []))
         r["remote_channels"] = tracked.get(r["digest"], [])  # read-only REMOTE/CHANNEL views
         r["gates"] = gates.get(r["digest"], {})
-    return out
-
-
-def gate_summary(conn: Any, digest: str | None = None) -> dict[str, dict[str, int]]:
-    """bundle digest -> {status: count} over the latest run of each gate."""
-    where = " WHERE bundle_digest = :d" if digest else ""
-    out: dict[str, dict[str, int]] = {}
-    for r in conn.execute(
-        "SELECT g.bundle_digest, g.status, COUNT(*) FROM gate_run g JOIN (SELECT MAX(id) AS id"
-        f" FROM gate_run{where} GROUP BY bundle_digest, gate) last ON g.id = last.id"
-        " GROUP BY g.bundle_digest, g.status",
-        {"d": digest},
-    ):
-        out.setdefault(r[0], {})[r[1]] = r[2]
     return out
 
 

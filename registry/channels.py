@@ -25,10 +25,11 @@ from registry import audit, gate_runs, refs
 from registry.db import Connection, DBIntegrityError, now
 from registry.errors import BlockedError, ConflictError, IntegrityError, UsageError
 from registry.identity import Identity, of
+from registry.policy import current as current_policy
 from registry.repo import Registry
 
 if TYPE_CHECKING:
-    from gates.policy import Policy
+    from registry.policy import Policy
 
 
 @dataclass(frozen=True)
@@ -51,22 +52,12 @@ class MoveResult:
     forced: bool = False
 
 
-@dataclass
-class Requirement:
-    gate: str
-    status: str  # passed / failed / error / missing
-    run_id: int | None = None
-    at: str | None = None
-    summary: str = ""
-    note: str = ""  # runs that do not count, and why (untrusted signer, edited record)
-
-
 class GatesBlockedError(BlockedError):
     """Promotion refused: `requirements` says which gates are missing or failed."""
 
     hint = "Run `registry gates run REF` for the missing gates, or see `registry gates show REF`."
 
-    def __init__(self, message: str, requirements: list[Requirement]) -> None:
+    def __init__(self, message: str, requirements: list[gate_runs.Requirement]) -> None:
         super().__init__(message)
         self.requirements = requirements
 
@@ -195,54 +186,6 @@ def check_actor(policy: Policy | None, channel: str, who: Identity, *, forced: b
         )
 
 
-def requirements(reg: Registry, digest: str, channel: str, policy: Policy) -> list[Requirement]:
-    """Each gate the channel requires, with the newest run under this policy that counts.
-
-    A run counts when an intact audit event vouches for its record (registry.gate_runs)
-    and, if it was pulled from a remote, a key in the channel's `gate_signers` signed it.
-    Runs that do not count neither pass nor block; the requirement's note says why."""
-    signers = policy.gate_signer_keys(channel)
-    out = []
-    with reg.db.read() as conn:
-        rows = [r for r in gate_runs.rows_for(conn, digest) if r["policy_digest"] == policy.digest]
-        for gate in policy.channel(channel).require:
-            notes: list[str] = []
-            chosen = None
-            for r in (r for r in rows if r["gate"] == gate):
-                why = gate_runs.vouched(conn, r)
-                if why is None and r["origin"]:
-                    why = gate_runs.trusted_signer(reg, r, signers)
-                if why is None:
-                    chosen = r
-                    break
-                notes.append(f"run #{r['id']} does not count: {why}")
-            note = "; ".join(notes)
-            if chosen is None:
-                out.append(Requirement(gate, "missing", note=note))
-            else:
-                out.append(Requirement(
-                    gate, chosen["status"], chosen["id"], chosen["ended_at"],
-                    chosen["error"] or "", note=note,
-                ))  # fmt: skip
-    return out
-
-
-def runs_missing(conn: Connection, digest: str) -> str | None:
-    """Whether gate runs of the bundle were deleted outside the registry."""
-    rows = conn.execute(
-        "SELECT COUNT(*) FROM gate_run WHERE bundle_digest = :b", {"b": digest}
-    ).scalar()
-    events = conn.execute(
-        "SELECT COUNT(*) FROM event WHERE action = 'gate-run' AND to_digest = :b", {"b": digest}
-    ).scalar()
-    if rows != events:
-        return (
-            f"the audit log records {events} gate run(s) of this bundle but the database holds"
-            f" {rows} (run `registry audit verify`)"
-        )
-    return None
-
-
 def was_in(conn: Connection, name: str, channel: str, digest: str) -> bool:
     """Whether `digest` was ever moved into `name:channel`."""
     return (
@@ -256,15 +199,15 @@ def was_in(conn: Connection, name: str, channel: str, digest: str) -> bool:
 
 def check_promotion(
     reg: Registry, ref: str, channel: str, policy: Policy, actor: str | Identity
-) -> tuple[dict[str, Any], list[Requirement], list[str]]:
+) -> tuple[dict[str, Any], list[gate_runs.Requirement], list[str]]:
     """The bundle, the gate requirements and any other reasons the move is blocked."""
     refs.check_channel(channel)
     with reg.db.read() as conn:
         bundle = refs.resolve(conn, ref)
-        deleted = runs_missing(conn, bundle["digest"])
+        deleted = gate_runs.runs_missing(conn, bundle["digest"])
     ch = policy.channel(channel)
     check_actor(policy, channel, of(reg, actor), forced=False)
-    reqs = requirements(reg, bundle["digest"], channel, policy)
+    reqs = gate_runs.requirements(reg, bundle["digest"], channel, policy)
     blockers = [f"{r.gate}: {r.status}" for r in reqs if r.status != "passed"]
     if deleted:
         blockers.append(deleted)
@@ -289,10 +232,8 @@ def promote(
 
     `actor` is an Identity, or a display name for this process's authenticated identity.
     """
-    from gates.policy import current as current_policy
-
     who = of(reg, actor)
-    policy = current_policy(reg, validate=False)
+    policy = current_policy(reg)
     refs.check_channel(channel)
     if policy is None:
         if not force:
@@ -302,7 +243,7 @@ def promote(
             )
         with reg.db.read() as conn:
             bundle = refs.resolve(conn, ref)
-        reqs: list[Requirement] = []
+        reqs: list[gate_runs.Requirement] = []
         blockers = ["no policy"]
     else:
         bundle, reqs, blockers = check_promotion(reg, ref, channel, policy, who)
@@ -361,8 +302,6 @@ def rollback(
     expect: Expect | None = None,
 ) -> MoveResult:
     """Return `name:channel` to the bundle it held before (or `to`), after checking its blobs."""
-    from gates.policy import current as current_policy
-
     who = of(reg, actor)
     forced = False
     if not reason or not reason.strip():
@@ -394,7 +333,7 @@ def rollback(
             dest_digest = prev
         if dest_digest == now_state.digest:
             raise UsageError(f"{name}:{channel} already holds {_tag(conn, dest_digest)}")
-    policy = current_policy(reg, validate=False)
+    policy = current_policy(reg)
     check_actor(policy, channel, who, forced=forced)
     check_blobs(reg, dest_digest, rehash=verify)
     return _move(

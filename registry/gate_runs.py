@@ -1,4 +1,9 @@
-"""Gate-run records: storing them, their place in the audit chain, and their attestations.
+"""Gate-run records: the one module that reads and writes the `gate_run` table.
+
+Gates (gates.engine) write runs through `insert`; promotion (registry.channels), the
+commands, the TUI, verify, gc and sync read them through the functions here: the runs of
+a bundle with whether each counts (`runs_for`), a channel's requirements, the blobs runs
+name, and the latest status per gate.
 
 Every gate run is one `gate_run` row plus one `gate-run` audit event whose subject is the
 digest of the row's record (`record_body`): so `registry audit verify` catches an edited
@@ -17,14 +22,15 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from registry import audit, dsse, locks
+from registry import attestations, audit, dsse, locks
 from registry.db import Connection
-from registry.digest import canonical_json, hex_of, is_digest, sha256_bytes
-from registry.errors import IntegrityError
+from registry.digest import canonical_json, is_digest, sha256_bytes
+from registry.errors import IntegrityError, RegistryError
 
 if TYPE_CHECKING:
     from registry.identity import Identity
     from registry.keys import PublicKey
+    from registry.policy import Policy
     from registry.repo import Registry
 
 RUN_COLUMNS = (
@@ -32,10 +38,6 @@ RUN_COLUMNS = (
     " inputs, environment, evidence_digest, error, actor, started_at, ended_at,"
     " record_digest, attestation, signer, origin"
 )
-STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-TEST_RESULT = "https://in-toto.io/attestation/test-result/v0.1"
-RUN_DESCRIPTOR = "lora-registry/gate-run"
-MAX_TEXT = 1024 * 1024  # a pulled record's JSON fields, each
 
 
 def record_body(row: dict[str, Any]) -> dict[str, Any]:
@@ -70,10 +72,65 @@ def all_rows(conn: Connection) -> list[dict[str, Any]]:
 
 
 def rows_for(conn: Connection, bundle_digest: str) -> list[dict[str, Any]]:
+    """A bundle's runs, newest first, as stored (JSON columns as text)."""
     return conn.execute(
         f"SELECT {RUN_COLUMNS} FROM gate_run WHERE bundle_digest = :b ORDER BY id DESC",
         {"b": bundle_digest},
     ).dicts()
+
+
+def count(conn: Connection, bundle_digest: str) -> int:
+    return int(
+        conn.execute(
+            "SELECT COUNT(*) FROM gate_run WHERE bundle_digest = :b", {"b": bundle_digest}
+        ).scalar()
+    )
+
+
+def latest_statuses(conn: Connection, digest: str | None = None) -> dict[str, dict[str, int]]:
+    """bundle digest -> {status: count} over the latest run of each gate (of one bundle)."""
+    where = " WHERE bundle_digest = :d" if digest else ""
+    out: dict[str, dict[str, int]] = {}
+    for r in conn.execute(
+        "SELECT g.bundle_digest, g.status, COUNT(*) FROM gate_run g JOIN (SELECT MAX(id) AS id"
+        f" FROM gate_run{where} GROUP BY bundle_digest, gate) last ON g.id = last.id"
+        " GROUP BY g.bundle_digest, g.status",
+        {"d": digest},
+    ):
+        out.setdefault(r[0], {})[r[1]] = r[2]
+    return out
+
+
+def evidence_blobs(
+    conn: Connection, bundle_digest: str | None = None, *, origin: str | None = None
+) -> list[tuple[str, str]]:
+    """(evidence digest, gate) of every run (of one bundle; pulled from `origin`), by id."""
+    where, params = ["evidence_digest IS NOT NULL"], {"b": bundle_digest, "o": origin}
+    if bundle_digest is not None:
+        where.append("bundle_digest = :b")
+    if origin is not None:
+        where.append("origin = :o")
+    rows = conn.execute(
+        f"SELECT evidence_digest, gate FROM gate_run WHERE {' AND '.join(where)} ORDER BY id",
+        params,
+    ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def attestation_blobs(conn: Connection, bundle_digest: str | None = None) -> list[tuple[str, str]]:
+    """(attestation digest, gate) of every signed run (of one bundle), each digest once."""
+    where = " AND bundle_digest = :b" if bundle_digest is not None else ""
+    rows = conn.execute(
+        "SELECT DISTINCT attestation, gate FROM gate_run WHERE attestation IS NOT NULL"
+        f"{where} ORDER BY attestation",
+        {"b": bundle_digest},
+    ).all()
+    return [(r[0], r[1]) for r in rows]
+
+
+def evidence(reg: Registry, digest: str) -> dict[str, Any]:
+    """A run's evidence report (the JSON blob its row names)."""
+    return json.loads(reg.store.read_bytes(digest))
 
 
 # --- writing ------------------------------------------------------------------------------
@@ -95,7 +152,7 @@ def insert(reg: Registry, who: Identity, row: dict[str, Any]) -> int:
         row["signer"] = who.key.id
         envelope = dsse.sign(
             dsse.INTOTO_PAYLOAD_TYPE,
-            canonical_json(statement(row, f"{tag[0]}:v{tag[1]}" if tag else "bundle")),
+            canonical_json(attestations.statement(row, f"{tag[0]}:v{tag[1]}" if tag else "bundle")),
             who.key,
         )
         row["attestation"] = reg.store.put_bytes(canonical_json(envelope)).digest
@@ -134,120 +191,13 @@ def insert(reg: Registry, who: Identity, row: dict[str, Any]) -> int:
 # --- attestations ---------------------------------------------------------------------------
 
 
-def _sha(digest: str) -> dict[str, str]:
-    return {"sha256": hex_of(digest)}
-
-
-def statement(row: dict[str, Any], subject_name: str) -> dict[str, Any]:
-    """The in-toto test-result Statement of a gate run."""
-    passed = row["status"] == "passed"
-    config: list[dict[str, Any]] = []
-    if row["policy_digest"]:
-        config.append({"name": "policy", "digest": _sha(row["policy_digest"])})
-    inputs = json.loads(row["inputs"] or "{}")
-    for rel, digest in sorted(inputs.items()):
-        if is_digest(digest):
-            config.append({"name": rel, "digest": _sha(digest)})
-    run: dict[str, Any] = {
-        "name": RUN_DESCRIPTOR,
-        "annotations": {
-            "gate": row["gate"],
-            "gateVersion": str(row["gate_version"]),
-            "status": row["status"],
-            "policy": row["policy_digest"],
-            "metrics": json.loads(row["metrics"] or "{}"),
-            "thresholds": json.loads(row["thresholds"] or "{}"),
-            "inputs": inputs,
-            "environment": json.loads(row["environment"] or "{}"),
-            "error": row["error"],
-            "actor": row["actor"],
-            "startedAt": row["started_at"],
-            "endedAt": row["ended_at"],
-        },
-    }
-    if row["evidence_digest"]:
-        run["digest"] = _sha(row["evidence_digest"])
-    config.append(run)
-    return {
-        "_type": STATEMENT_TYPE,
-        "subject": [{"name": subject_name, "digest": _sha(row["bundle_digest"])}],
-        "predicateType": TEST_RESULT,
-        "predicate": {
-            "result": "PASSED" if passed else "FAILED",
-            "configuration": config,
-            "passedTests": [row["gate"]] if passed else [],
-            "warnedTests": [],
-            "failedTests": [] if passed else [row["gate"]],
-        },
-    }
-
-
-@dataclass(frozen=True)
-class Attestation:
-    digest: str  # of the envelope bytes
-    envelope: dict[str, Any]  # parsed (dsse.parse)
-    row: dict[str, Any]  # the gate_run columns it records (origin, id unset)
-
-
-def _text(value: Any, what: str) -> str:
-    text = json.dumps(value, sort_keys=True, allow_nan=False)
-    if len(text) > MAX_TEXT:
-        raise IntegrityError(f"attestation {what} is larger than {MAX_TEXT} bytes")
-    return text
-
-
-def read_attestation(data: bytes, bundle_digest: str, where: str = "attestation") -> Attestation:
-    """Parse a gate-run attestation from untrusted bytes (its signature is checked later,
-    against the keys a policy trusts)."""
-    from registry.digest import check_digest
-
-    env = dsse.parse(data, where)
-    if env["payloadType"] != dsse.INTOTO_PAYLOAD_TYPE:
-        raise IntegrityError(f"{where} is not an in-toto envelope")
-    try:
-        st = json.loads(env["payload"])
-        if st["_type"] != STATEMENT_TYPE or st["predicateType"] != TEST_RESULT:
-            raise ValueError("not a test-result statement")
-        subjects = [f"sha256:{s['digest']['sha256']}" for s in st["subject"]]
-        if subjects != [bundle_digest]:
-            raise IntegrityError(f"{where} is about another bundle ({', '.join(subjects)[:40]})")
-        run = next(c for c in st["predicate"]["configuration"] if c["name"] == RUN_DESCRIPTOR)
-        a = run["annotations"]
-        evidence = f"sha256:{run['digest']['sha256']}" if "digest" in run else None
-        row = {
-            "bundle_digest": bundle_digest,
-            "gate": str(a["gate"])[:64],
-            "gate_version": str(a["gateVersion"])[:32],
-            "policy_digest": check_digest(a["policy"], "policy") if a["policy"] else None,
-            "status": str(a["status"])[:16],
-            "metrics": _text(a["metrics"], "metrics"),
-            "thresholds": _text(a["thresholds"], "thresholds"),
-            "inputs": _text(a["inputs"], "inputs"),
-            "environment": _text(a["environment"], "environment"),
-            "evidence_digest": check_digest(evidence, "evidence") if evidence else None,
-            "error": None if a["error"] is None else str(a["error"])[:MAX_TEXT],
-            "actor": str(a["actor"])[:128],
-            "started_at": str(a["startedAt"])[:32],
-            "ended_at": str(a["endedAt"])[:32],
-            "attestation": sha256_bytes(data),
-            "signer": env["signatures"][0][0][:32] or None,
-        }
-    except IntegrityError:
-        raise
-    except (ValueError, KeyError, TypeError, AttributeError, StopIteration, RecursionError):
-        raise IntegrityError(f"{where} is not a gate-run test-result statement") from None
-    if row["status"] not in ("passed", "failed", "error"):
-        raise IntegrityError(f"{where} has an unknown status {row['status']!r}")
-    return Attestation(sha256_bytes(data), env, row)
-
-
 @locks.writer("pull")
 def import_attestation(
     reg: Registry, who: Identity, bundle_digest: str, data: bytes, origin: str
 ) -> int | None:
     """Record a pulled attestation as a gate run from `origin` (once); returns its id or
     None when this registry already has it."""
-    att = read_attestation(data, bundle_digest, f"attestation from {origin}")
+    att = attestations.read(data, bundle_digest, f"attestation from {origin}")
     with reg.db.read() as conn:
         have = conn.execute(
             "SELECT 1 FROM gate_run WHERE attestation = :a LIMIT 1", {"a": att.digest}
@@ -261,12 +211,8 @@ def import_attestation(
 def attestations_of(reg: Registry, bundle_digest: str) -> list[str]:
     """Digests of the attestation blobs of a bundle's gate runs (for a push)."""
     with reg.db.read() as conn:
-        rows = conn.execute(
-            "SELECT DISTINCT attestation FROM gate_run WHERE bundle_digest = :b"
-            " AND attestation IS NOT NULL ORDER BY attestation",
-            {"b": bundle_digest},
-        ).all()
-    return [r[0] for r in rows if is_digest(r[0])]
+        rows = attestation_blobs(conn, bundle_digest)
+    return list(dict.fromkeys(d for d, _gate in rows if is_digest(d)))
 
 
 # --- does a run count? ------------------------------------------------------------------------
@@ -298,7 +244,7 @@ def trusted_signer(reg: Registry, row: dict[str, Any], signers: dict[str, Public
         )
     try:
         data = reg.store.read_bytes(row["attestation"])
-        att = read_attestation(data, row["bundle_digest"])
+        att = attestations.read(data, row["bundle_digest"])
     except (IntegrityError, OSError) as exc:
         return f"its attestation cannot be read: {exc}"
     key = signers.get(row["signer"] or "")
@@ -313,3 +259,116 @@ def trusted_signer(reg: Registry, row: dict[str, Any], signers: dict[str, Public
     if record_digest(expected) != record_digest(row):
         return "its row differs from the signed attestation (edited)"
     return None
+
+
+# --- what counts for a promotion --------------------------------------------------------------
+
+
+@dataclass
+class Requirement:
+    gate: str
+    status: str  # passed / failed / error / missing
+    run_id: int | None = None
+    at: str | None = None
+    summary: str = ""
+    note: str = ""  # runs that do not count, and why (untrusted signer, edited record)
+
+
+def requirements(reg: Registry, digest: str, channel: str, policy: Policy) -> list[Requirement]:
+    """Each gate the channel requires, with the newest run under this policy that counts.
+
+    A run counts when an intact audit event vouches for its record and, if it was pulled
+    from a remote, a key in the channel's `gate_signers` signed it. Runs that do not
+    count neither pass nor block; the requirement's note says why."""
+    signers = policy.gate_signer_keys(channel)
+    out = []
+    with reg.db.read() as conn:
+        rows = [r for r in rows_for(conn, digest) if r["policy_digest"] == policy.digest]
+        for gate in policy.channel(channel).require:
+            notes: list[str] = []
+            chosen = None
+            for r in (r for r in rows if r["gate"] == gate):
+                why = vouched(conn, r)
+                if why is None and r["origin"]:
+                    why = trusted_signer(reg, r, signers)
+                if why is None:
+                    chosen = r
+                    break
+                notes.append(f"run #{r['id']} does not count: {why}")
+            note = "; ".join(notes)
+            if chosen is None:
+                out.append(Requirement(gate, "missing", note=note))
+            else:
+                out.append(Requirement(
+                    gate, chosen["status"], chosen["id"], chosen["ended_at"],
+                    chosen["error"] or "", note=note,
+                ))  # fmt: skip
+    return out
+
+
+def runs_missing(conn: Connection, digest: str) -> str | None:
+    """Whether gate runs of the bundle were deleted outside the registry."""
+    rows = count(conn, digest)
+    events = conn.execute(
+        "SELECT COUNT(*) FROM event WHERE action = 'gate-run' AND to_digest = :b", {"b": digest}
+    ).scalar()
+    if rows != events:
+        return (
+            f"the audit log records {events} gate run(s) of this bundle but the database holds"
+            f" {rows} (run `registry audit verify`)"
+        )
+    return None
+
+
+def runs_for(reg: Registry, ref: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A bundle's gate runs, newest first, JSON columns parsed (for `registry gates show`,
+    the TUI and the Hub's gate-runs.json).
+
+    Each run carries `trust`: whether it can count for a promotion and why not: an edited
+    record never counts; a pulled run counts only for the channels whose `gate_signers`
+    list its signer."""
+    from registry import refs
+    from registry.policy import current
+
+    policy = current(reg)
+    # each channel's trusted signers, read once (key files from the store), not per run
+    signers = {n: policy.gate_signer_keys(n) for n in policy.channels} if policy else {}
+    with reg.db.read() as conn:
+        row = refs.resolve(conn, ref)
+        runs = rows_for(conn, row["digest"])
+        for r in runs:
+            r["trust"] = _trust(reg, conn, r, signers)
+    for r in runs:
+        for key in ("metrics", "thresholds", "inputs", "environment"):
+            r[key] = json.loads(r[key])
+        r["summary"] = _summary(reg, r["evidence_digest"])
+    return row, runs
+
+
+def _trust(
+    reg: Registry, conn: Connection, run: dict[str, Any], signers: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    if why := vouched(conn, run):
+        return {"counts": False, "why": why}
+    if not run["origin"]:
+        return {"counts": True, "why": "recorded here"}
+    refused = {name: trusted_signer(reg, run, keys) for name, keys in signers.items()}
+    counted = [name for name, why in refused.items() if why is None]
+    return {
+        "counts": bool(counted),
+        "why": f"pulled from {run['origin']}, signed by {run['signer'] or 'nobody'}; counts for "
+        + (", ".join(counted) or "no channel"),
+        "channels": {
+            name: why or f"signed by trusted {run['signer']}" for name, why in refused.items()
+        },
+    }
+
+
+def _summary(reg: Registry, digest: str | None) -> str | None:
+    """A run's one-line summary (figures with their intervals), kept in its evidence."""
+    if not digest:
+        return None
+    try:
+        return evidence(reg, digest).get("summary")
+    except (RegistryError, OSError, ValueError):
+        return None

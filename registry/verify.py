@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from registry import refs
+from registry import gate_runs, refs
 from registry.digest import Descriptor
 from registry.errors import RegistryError
 from registry.manifest import BundleManifest, ComponentManifest
@@ -72,18 +72,10 @@ def referenced(reg: Registry, ref: str | None) -> Iterator[tuple[Descriptor | st
                     "SELECT digest, name, version FROM bundle ORDER BY name, version"
                 )
             ]
-            extra = [
-                (r[0], f"gate run {r[1]} evidence")
-                for r in conn.execute(
-                    "SELECT evidence_digest, gate FROM gate_run WHERE evidence_digest IS NOT NULL"
-                )
-            ]
+            extra = [(d, f"gate run {gate} evidence") for d, gate in gate_runs.evidence_blobs(conn)]
             # signed attestations: a pulled run counts only while its envelope is readable
             extra += [
-                (r[0], f"gate run {r[1]} attestation")
-                for r in conn.execute(
-                    "SELECT DISTINCT attestation, gate FROM gate_run WHERE attestation IS NOT NULL"
-                )
+                (d, f"gate run {gate} attestation") for d, gate in gate_runs.attestation_blobs(conn)
             ]
             extra += [
                 (r[0], "policy")

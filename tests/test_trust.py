@@ -368,7 +368,7 @@ def test_imported_run_counts_only_when_signed_by_a_trusted_key(
     bundle, tmp_path, reg_path, me
 ) -> None:  # noqa: ANN001
     """A gate run made elsewhere arrives as an attestation; gate_signers decides."""
-    from registry import gate_runs
+    from registry import attestations, gate_runs
     from registry.identity import Identity
     from registry.keys import load_private
     from registry.repo import Registry
@@ -396,7 +396,7 @@ def test_imported_run_counts_only_when_signed_by_a_trusted_key(
                 "evidence_digest": None, "error": None, "actor": "ci", "started_at": "t0",
                 "ended_at": "t1",
             }  # fmt: skip
-            st = gate_runs.statement(row, "support-bot:v1")
+            st = attestations.statement(row, "support-bot:v1")
             return canonical_json(dsse.sign(dsse.INTOTO_PAYLOAD_TYPE, canonical_json(st),
                                             load_private(key_path)))  # fmt: skip
 

@@ -2,7 +2,7 @@
 
 Nothing here runs SQL or decides anything the CLI does not: each helper gathers what one
 screen shows from the functions `registry ...` commands call (bundles.show, channels.*,
-gates.engine.runs_for, gates.policy.current, audit.verify). Every helper takes an open
+gate_runs.runs_for, registry.policy.current, audit.verify). Every helper takes an open
 Registry, so a worker thread can pass its own (a connection is never shared by threads).
 """
 
@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry import bundles, channels, tracking
+from registry import bundles, channels, gate_runs, tracking
 from registry.errors import PolicyError, UsageError
 from registry.repo import Registry
 
 if TYPE_CHECKING:
     from gates.engine import EventHook, RunRecord
-    from gates.policy import Policy
+    from registry.policy import Policy
 
 
 def bundle_ref(bundle: dict[str, Any]) -> str:
@@ -29,9 +29,13 @@ def bundle_ref(bundle: dict[str, Any]) -> str:
 
 def policy_or_none(reg: Registry, *, validate: bool = False) -> Policy | None:
     """The policy in force (by default read without loading gate classes, as `promote`)."""
-    from gates.policy import current
+    if validate:
+        from gates.policy import current
 
-    return current(reg, validate=validate)
+        return current(reg)
+    from registry.policy import current as unchecked
+
+    return unchecked(reg)
 
 
 def require_policy(reg: Registry, *, validate: bool = False) -> Policy:
@@ -57,7 +61,7 @@ class BundleDetail:
 
 
 def bundle_detail(reg: Registry, ref: str) -> BundleDetail:
-    from gates.engine import runs_for
+    from registry.gate_runs import runs_for
 
     info = bundles.show(reg, ref)
     _, runs = runs_for(reg, info["digest"])
@@ -66,7 +70,7 @@ def bundle_detail(reg: Registry, ref: str) -> BundleDetail:
 
 def evidence(reg: Registry, run: dict[str, Any]) -> dict[str, Any]:
     """A gate run's evidence report (`registry gates show REF --evidence ID`)."""
-    from gates.engine import evidence as load_evidence
+    from registry.gate_runs import evidence as load_evidence
 
     if not run.get("evidence_digest"):
         raise UsageError(f"gate run {run.get('id')} has no evidence report")
@@ -82,7 +86,7 @@ class PromotionCheck:
 
     bundle: dict[str, Any]
     channel: str
-    requirements: list[channels.Requirement]
+    requirements: list[gate_runs.Requirement]
     blockers: list[str]
     seen: channels.Expect  # the channel as shown: the compare-and-swap expectation
     holder: str | None  # tag of the bundle the channel holds now
@@ -181,7 +185,7 @@ def gates_to_run(reg: Registry, digest: str, channel: str | None = None) -> list
     names = [channel] if channel else list(policy.channels)
     out: list[str] = []
     for ch in names:
-        for req in channels.requirements(reg, digest, ch, policy):
+        for req in gate_runs.requirements(reg, digest, ch, policy):
             if req.status != "passed" and req.gate not in out:
                 out.append(req.gate)
     order = policy.required_gates()

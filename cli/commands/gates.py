@@ -40,8 +40,8 @@ def train(
     train run failed (loss did not fall, or overfitting)."""
     import sys
 
-    from gates.engine import runs_for
     from gates.train import train_bundle
+    from registry.gate_runs import runs_for
 
     reg = open_registry()
     try:
@@ -178,9 +178,9 @@ def show(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every gate run of a bundle: gate, status, metrics, thresholds, evidence."""
-    from gates.engine import evidence as load_evidence
-    from gates.engine import runs_for
     from registry.errors import UsageError
+    from registry.gate_runs import evidence as load_evidence
+    from registry.gate_runs import runs_for
 
     reg = open_registry()
     try:

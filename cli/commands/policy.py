@@ -52,7 +52,8 @@ def set_(
     actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
 ) -> None:
     """Make a policy the registry's policy (stored with its eval sets; an audited event)."""
-    from gates.policy import load_file, store
+    from gates.policy import load_file
+    from registry.policy import store
 
     pol = load_file(path)
     reg = open_registry()
@@ -66,8 +67,8 @@ def set_(
 @policy_app.command("show")
 def show(json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """The policy in force, its digest, who set it and when."""
-    from gates.policy import info
     from registry.errors import UsageError
+    from registry.policy import info
 
     reg = open_registry()
     try:

@@ -689,14 +689,12 @@ class HubRemote:
     ) -> None:
         """The evidence blobs of the bundle's pulled gate runs that the store lacks, from
         the first of `revs` that holds each (registry/evidence/<hex>.json)."""
+        from registry.gate_runs import evidence_blobs
+
         with reg.db.read() as conn:
-            rows = conn.execute(
-                "SELECT DISTINCT evidence_digest FROM gate_run WHERE bundle_digest = :b"
-                " AND origin = :o AND evidence_digest IS NOT NULL",
-                {"b": bundle_digest, "o": self.spec.name},
-            ).all()
+            rows = evidence_blobs(conn, bundle_digest, origin=self.spec.name)
         lacking = []
-        for (digest,) in rows:
+        for digest in dict.fromkeys(d for d, _gate in rows):
             if reg.store.has(digest):
                 continue
             path = f"{META}/evidence/{hex_of(digest)}.json"
@@ -799,7 +797,7 @@ def published_adapter_config(original: bytes, repo: str, commit: str) -> bytes:
 
 def gate_runs(reg: Registry, digest: str) -> list[dict[str, Any]]:
     """The bundle's gate runs, oldest first, as recorded (for registry/gate-runs.json)."""
-    from gates.engine import runs_for
+    from registry.gate_runs import runs_for
 
     _row, runs = runs_for(reg, f"sha256:{hex_of(digest)}")
     return list(reversed(runs))

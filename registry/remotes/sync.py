@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from registry import refs
+from registry import gate_runs, refs
 from registry.db import DBIntegrityError, now
 from registry.digest import Descriptor, is_digest, sha256_bytes, short
 from registry.errors import (
@@ -331,12 +331,7 @@ def side_digests(reg: Registry, bundle_digest: str) -> list[str]:
             " policy_digest FROM event WHERE policy_digest IS NOT NULL"
         ).all()
         policies = {r[0] for r in rows}
-        rows = conn.execute(
-            "SELECT evidence_digest FROM gate_run WHERE bundle_digest = :b"
-            " AND evidence_digest IS NOT NULL ORDER BY id",
-            {"b": bundle_digest},
-        ).all()
-        evidence = [r[0] for r in rows]
+        evidence = [d for d, _gate in gate_runs.evidence_blobs(conn, bundle_digest)]
     out: list[str] = []
     for digest in sorted(d for d in policies if is_digest(d)):
         out.append(digest)
@@ -417,8 +412,6 @@ def hex_name(text: str) -> str | None:
 
 def local_trust(reg: Registry, bundle_digest: str) -> TrustRecords:
     """The bundle's attestations, signatures and signer keys this store holds (for a push)."""
-    from registry import gate_runs
-
     out = TrustRecords()
     for digest in gate_runs.attestations_of(reg, bundle_digest):
         with contextlib.suppress(OSError):
@@ -470,20 +463,13 @@ def import_trust(
     it verifies for this bundle against the signer's key: this registry's copy, else the
     remote's (`key(key_id)` -> PEM), accepted only if the sha256 of its DER is the id.
     Anything bad is skipped with a note; nothing half-recorded stays."""
-    from registry import gate_runs, signing
+    from registry import signing
     from registry.identity import of
 
     who = of(reg, actor)
     out = TrustPulled()
     with reg.db.read() as conn:
-        have = {
-            r[0]
-            for r in conn.execute(
-                "SELECT attestation FROM gate_run WHERE bundle_digest = :b"
-                " AND attestation IS NOT NULL",
-                {"b": bundle_digest},
-            ).all()
-        }
+        have = {d for d, _gate in gate_runs.attestation_blobs(conn, bundle_digest)}
         have_sigs = dict(
             conn.execute(
                 "SELECT signer, signature_digest FROM bundle_signature WHERE bundle_digest = :b",

@@ -26,8 +26,9 @@ def check(
     base: str | None = None, policy: str = "",
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """Register the tiny bundle (adapter / base swapped) and run adapter-compat on it."""
-    from gates.engine import evidence, run_gates
+    from gates.engine import run_gates
     from gates.policy import parse
+    from registry.gate_runs import evidence
 
     args = add_args(tiny, "bot")
     if adapter is not None:

@@ -53,8 +53,9 @@ def audit(
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """Register the tiny bundle (with `dataset` / `config` swapped in) and run
     dataset-audit on it."""
-    from gates.engine import evidence, run_gates
+    from gates.engine import run_gates
     from gates.policy import parse
+    from registry.gate_runs import evidence
 
     args = add_args(tiny, name)
     if dataset is not None:

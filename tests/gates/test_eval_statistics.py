@@ -310,7 +310,7 @@ def test_intervals_show_in_gates_show_json_and_the_tui(built: dict[str, Any]) ->
 
     from rich.console import Console
 
-    from gates.engine import runs_for
+    from registry.gate_runs import runs_for
     from tests.conftest import run_cli
     from tui.screens.detail import run_detail
 

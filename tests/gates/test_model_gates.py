@@ -61,7 +61,7 @@ class World:
         return rec
 
     def evidence(self, rec: object) -> dict:
-        from gates.engine import evidence
+        from registry.gate_runs import evidence
 
         return evidence(self.reg, rec.evidence_digest)["evidence"]
 
@@ -117,8 +117,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def test_train_registers_child_bundle_with_loss_curves(world: World) -> None:
-    from gates.engine import runs_for
     from registry.bundles import show
+    from registry.gate_runs import runs_for
 
     parent, child = show(world.reg, world.tags["base"]), show(world.reg, world.tags["good"])
     assert child["parent"] == parent["digest"]
@@ -138,7 +138,7 @@ def test_train_registers_child_bundle_with_loss_curves(world: World) -> None:
     m = train["metrics"]
     assert m["steps"] == 500 and m["overfitting"] is False
     assert m["final_train_loss"] < m["initial_train_loss"] / 3
-    from gates.engine import evidence
+    from registry.gate_runs import evidence
 
     ev = evidence(world.reg, train["evidence_digest"])["evidence"]
     assert len(ev["train_loss"]) == 500
@@ -222,8 +222,8 @@ def test_train_gate_reproduces_or_fails(world: World) -> None:
 
 
 def test_overfitting_is_flagged(world: World) -> None:
-    from gates.engine import evidence, runs_for
     from gates.train import train_bundle
+    from registry.gate_runs import evidence, runs_for
 
     small = mf.write_dataset(world.root / "small", world.tiny, "small")
     cfg = mf.write_config(world.root / "overfit.json", learning_rate=0.01, max_steps=150,

@@ -30,7 +30,8 @@ POLICY = '[gates.rollback-test]\neval_set = "evals/target.jsonl"\n'
 RUN = """
 import json, sys
 from pathlib import Path
-from gates.engine import evidence, run_gates
+from gates.engine import run_gates
+from registry.gate_runs import evidence
 from gates.policy import load_file
 from registry.repo import Registry
 reg = Registry.open(Path(sys.argv[1]))
@@ -110,7 +111,7 @@ def test_a_different_adapter_does_not_reproduce_the_fingerprint(paths: dict) -> 
 
 
 def test_every_gate_run_records_kernel_path_and_threads(paths: dict) -> None:
-    from gates.engine import runs_for
+    from registry.gate_runs import runs_for
 
     _, runs = runs_for(paths["reg"], paths["v2"])
     (run,) = [r for r in runs if r["gate"] == "rollback-test"]

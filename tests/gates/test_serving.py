@@ -43,8 +43,9 @@ class Serving:
 
     def run(self, tag: str, name: str, extra: str = "") -> tuple[Any, dict[str, Any]]:
         """The run record and its report (report["evidence"] is the gate's evidence)."""
-        from gates.engine import evidence, run_gates
+        from gates.engine import run_gates
         from gates.policy import load_file
+        from registry.gate_runs import evidence
 
         policy = load_file(mf.write_policy(self.evals_root, name, SECTION + extra))
         (rec,) = run_gates(self.reg, tag, policy, gate_names=["serving-eval"], actor=ACTOR)

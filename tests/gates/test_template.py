@@ -23,8 +23,9 @@ def check(
     template: str | None = None, tokenizer_template: str | None = None, policy: str = "",
 ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """Register the tiny bundle with the given templates and run chat-template on it."""
-    from gates.engine import evidence, run_gates
+    from gates.engine import run_gates
     from gates.policy import parse
+    from registry.gate_runs import evidence
 
     args = add_args(tiny, "bot")
     if template is not None:

@@ -184,8 +184,8 @@ def test_validation_with_every_answer_truncated_is_an_error(
 def test_validation_rows_without_answer_are_counted_and_left_out(
     registry_with_bundle: Path, tiny: dict[str, Path], tmp_path: Path
 ) -> None:
-    from gates.engine import evidence, runs_for
     from gates.train import train_bundle
+    from registry.gate_runs import evidence, runs_for
     from registry.repo import Registry
 
     short = _short_val(tiny, 4)
