@@ -33,8 +33,11 @@ test-paths: $(STAMP)
 	  ATEN_CPU_CAPABILITY=$$path $(VENV)/bin/pytest -q -p no:cacheprovider $(MODEL_TESTS) || exit 1; \
 	done
 
+# Habits CI checks: lint rules, the format, and the layers contract (docs/design.md).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -523,7 +523,10 @@ def test_network_cut_mid_pull_imports_nothing_and_a_rerun_resumes(
     add_remote(a, s3)
     push_json(a, "support-bot:v1")
     add_remote(b, s3, endpoint=proxy.url)
-    proxy.rate = 20 * MiB
+    # Slow enough (29 MiB at 8 MiB/s) that the cut lands while file blobs are in flight
+    # even when a busy machine starves the watcher: after them, the manifests would be
+    # stored too and the count below would differ.
+    proxy.rate = 8 * MiB
     watcher = cut_when(proxy, lambda: any(p.stat().st_size > MiB for p in (
         b / "blobs" / "sha256").glob("*/*")))  # fmt: skip
     res = run_cli("pull", "support-bot:v1", "--remote", "origin", registry=b)
