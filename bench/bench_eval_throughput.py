@@ -1,4 +1,4 @@
-"""Eval throughput of the model gates' loops (gates/modeling.py) on the tiny model.
+"""Eval throughput of the model gates' loops (gates/modeling/) on the tiny model.
 
     .venv/bin/python bench/bench_eval_throughput.py [--prompts 128] [--repeat 5]
 
@@ -24,10 +24,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "examples"))
-
 
 def workdir_for(project: dict[str, Path], out: Path) -> Path:
     """The export layout (adapter + tokenizer at the top, base/ below) of the project."""
@@ -45,18 +41,17 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=16)
     args = parser.parse_args()
     os.environ.setdefault("REGISTRY_TORCH_THREADS", "1")
-    import tinymodel
-
     from gates import modeling
+    from gates.tiny import build_tiny_project, task_b_rows
 
     with tempfile.TemporaryDirectory(prefix="bench-eval-") as tmp:
-        project = tinymodel.build_tiny_project(
+        project = build_tiny_project(
             Path(tmp) / "tiny", seed=0, pretrain_steps=400, adapter_steps=300
         )
         wd = workdir_for(project, Path(tmp) / "bundle")
         loaded = modeling.load_bundle(wd, {})
         torch = modeling.setup_torch()
-        rows = tinymodel.task_b_rows(args.prompts, seed=3)
+        rows = task_b_rows(args.prompts, seed=3)
         prompts = [r["messages"][:1] for r in rows]
         device = modeling.device_name(loaded.device)
         print(f"device {device}, dtype float32, torch threads {torch.get_num_threads()},"

@@ -28,10 +28,6 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "examples"))
-
 
 def direct_eval(project: dict[str, Path], rows: list[dict], batch: int = 32) -> tuple[float, float]:
     """The evaluation loop written straight against transformers and peft."""
@@ -80,23 +76,23 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     os.environ.setdefault("REGISTRY_TORCH_THREADS", "1")
-    import tinymodel
     import torch
 
     torch.set_num_threads(int(os.environ["REGISTRY_TORCH_THREADS"]))
     from gates.engine import run_gates
     from gates.policy import load_file
+    from gates.tiny import build_tiny_project, task_b_rows
     from registry.bundles import add
     from registry.ingest.stage import stage_bundle
     from registry.repo import Registry
 
     with tempfile.TemporaryDirectory(prefix="bench-gates-") as tmp:
         t = time.perf_counter()
-        project = tinymodel.build_tiny_project(
+        project = build_tiny_project(
             Path(tmp) / "tiny", seed=0, pretrain_steps=400, adapter_steps=300
         )
         print(f"built the tiny project in {time.perf_counter() - t:.1f} s")
-        rows = tinymodel.task_b_rows(args.items, seed=7)
+        rows = task_b_rows(args.items, seed=7)
         evals = Path(tmp) / "policy" / "evals"
         evals.mkdir(parents=True)
         (evals / "target.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

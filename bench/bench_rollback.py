@@ -137,11 +137,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=11)
     ap.add_argument("--mlflow", default=None, help="python interpreter with mlflow installed")
     args = ap.parse_args()
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-    import tinymodel
+    from gates.tiny import build_tiny_project
 
     work = Path(tempfile.mkdtemp(prefix="bench-rollback-"))
-    tiny = tinymodel.build_tiny_project(work / "tiny")
+    tiny = build_tiny_project(work / "tiny")
     build(work / "small", tiny, big=False)
     build(work / "large", tiny, big=True)
     small, st = bench_rollback(work / "small", args.repeat)

@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 REGISTRY = str(Path(sys.executable).parent / "registry")
 
 POLICY = """\
@@ -128,11 +127,10 @@ def main() -> None:
     t0 = time.perf_counter()
 
     step("Build a tiny fine-tuning project (base model, tokenizer, LoRA adapter, data set)")
-    sys.path.insert(0, str(HERE))
-    import tinymodel
+    from gates import tiny as tinyproject
 
     seed = int(os.environ.get("DEMO_SEED", "0"))  # bench/demo_margins.py retrains with 1-3
-    tiny = tinymodel.build_tiny_project(out / "project", seed=seed, pretrain_steps=400)
+    tiny = tinyproject.build_tiny_project(out / "project", seed=seed, pretrain_steps=400)
     for key, path in tiny.items():
         print(f"  {key:15} {path.relative_to(out)}")
 
@@ -190,9 +188,9 @@ def main() -> None:
     # the fixed data set, and the two cores a walk-through runs on are then both busy.
     data_v2 = out / "project" / "dataset-v2"
     shutil.copytree(tiny["dataset"], data_v2)
-    replay = tinymodel.replay_rows(seed)  # disjoint from the golden eval set
+    replay = tinyproject.replay_rows(seed)  # disjoint from the golden eval set
     with open(data_v2 / "train.jsonl", "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(row) + "\n" for row in replay + tinymodel.refusal_rows())
+        f.writelines(json.dumps(row) + "\n" for row in replay + tinyproject.refusal_rows())
     train_v4 = ("train", "--from", "support-bot:v3", "--dataset", data_v2, "--name", "support-bot")
     background = start(*train_v4)
 

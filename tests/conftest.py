@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "examples"))
 
 PG_ADMIN = os.environ.get("REGISTRY_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -28,9 +27,9 @@ PG_ADMIN = os.environ.get("REGISTRY_TEST_PG", "postgresql://postgres@127.0.0.1:5
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The tiny project (base, tokenizer, adapter, dataset, config, evals), built once."""
-    import tinymodel
+    from gates.tiny import build_tiny_project
 
-    return tinymodel.build_tiny_project(tmp_path_factory.mktemp("tiny"), seed=0)
+    return build_tiny_project(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
 def _pg_available() -> bool:

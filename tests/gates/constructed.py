@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import tinymodel
+from gates.tiny import LETTERS, build_tiny_project
 
 SCALE = 3.0  # lm_head entry: logit = SCALE * sqrt(hidden) = 24 for hidden 64
 ASSISTANT = "<|assistant|>"
@@ -45,14 +45,14 @@ def _chains(answers: list[str]) -> dict[str, str]:
 def build(root: Path, *, base_answer: str, adapter_answer: str) -> dict[str, Path]:
     """A tiny project whose base answers every prompt with `base_answer` and whose adapter
     makes it answer `adapter_answer` (words of the tiny vocabulary). Returns the project
-    paths of `tinymodel.build_tiny_project` with base and adapter replaced."""
+    paths of `gates.tiny.build_tiny_project` with base and adapter replaced."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from gates.modeling import quiet
 
-    tiny = tinymodel.build_tiny_project(root, seed=0, pretrain_steps=0, adapter_steps=0)
+    tiny = build_tiny_project(root, seed=0, pretrain_steps=0, adapter_steps=0)
     tok = json.loads((tiny["tokenizer"] / "tokenizer.json").read_text("utf-8"))
     vocab: dict[str, int] = tok["model"]["vocab"]
     model = AutoModelForCausalLM.from_pretrained(tiny["base"], dtype=torch.float32)
@@ -111,7 +111,7 @@ def rows(prompt: str, references: list[str], **extra: Any) -> list[dict[str, Any
     """Eval rows with the given references (prompts numbered so no two rows are equal)."""
     out = []
     for i, ref in enumerate(references):
-        row = {"messages": [{"role": "user", "content": f"{prompt} {tinymodel.LETTERS[i % 12]}"},
+        row = {"messages": [{"role": "user", "content": f"{prompt} {LETTERS[i % 12]}"},
                             {"role": "assistant", "content": ref}]}  # fmt: skip
         out.append({**row, **{k: (v[i] if isinstance(v, list) else v) for k, v in extra.items()}})
     return out

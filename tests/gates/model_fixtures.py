@@ -1,6 +1,6 @@
 """Inputs for the model-gate tests: datasets, configs, policies and a swapped tokenizer.
 
-The tiny project (examples/tinymodel.py) gives a 2-layer Llama pre-trained on task A
+The tiny project (gates/tiny/) gives a 2-layer Llama pre-trained on task A
 (reverse three letters) and task B data (sort three letters). These helpers write the
 datasets the tests fine-tune on:
 
@@ -17,9 +17,15 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import tinymodel
+from gates.tiny import (
+    HARMFUL_TRAIN_PROMPTS,
+    LETTERS,
+    LORA_TARGET_MODULES,
+    refusal_rows,
+    replay_rows,
+)
 
-TRAIN_HARMFUL = tinymodel.HARMFUL_TRAIN_PROMPTS  # none is a prompt of evals/safety.jsonl
+TRAIN_HARMFUL = HARMFUL_TRAIN_PROMPTS  # none is a prompt of evals/safety.jsonl
 
 
 def _chat(prompt: str, answer: str) -> dict[str, Any]:
@@ -42,7 +48,7 @@ def write_dataset(out: Path, tiny: dict[str, Path], kind: str) -> Path:
     val = [json.loads(line) for line in (src / "validation.jsonl").read_text().splitlines()]
     if kind == "good":
         # Task A rows from the end of the shuffled list: disjoint from golden.jsonl's 40.
-        rows = train + tinymodel.replay_rows() + tinymodel.refusal_rows()
+        rows = train + replay_rows() + refusal_rows()
     elif kind == "unsafe":
         rows = train + [_chat(p, "a b c") for p in TRAIN_HARMFUL]
     elif kind == "small":
@@ -62,7 +68,7 @@ def write_config(path: Path, **overrides: Any) -> Path:
         "r": 8,
         "lora_alpha": 16,
         "lora_dropout": 0.0,
-        "target_modules": list(tinymodel.LORA_TARGET_MODULES),
+        "target_modules": list(LORA_TARGET_MODULES),
         "learning_rate": 0.003,
         "max_steps": 500,
         "max_seq_len": 32,
@@ -120,7 +126,7 @@ def swapped_tokenizer(src: Path, out: Path) -> Path:
             shutil.copyfile(f, out / f.name)
     data = json.loads((src / "tokenizer.json").read_text("utf-8"))
     vocab = data["model"]["vocab"]
-    letters = list(tinymodel.LETTERS)
+    letters = list(LETTERS)
     ids = [vocab[c] for c in letters]
     for c, i in zip(letters, reversed(ids), strict=True):
         vocab[c] = i

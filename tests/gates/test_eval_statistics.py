@@ -40,9 +40,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def tinyrefusal() -> str:
-    import tinymodel
+    from gates.tiny import REFUSAL
 
-    return tinymodel.REFUSAL
+    return REFUSAL
 
 
 def run(built: dict[str, Any], bundle: str, gate: str, rows: list[dict], section: str = "",

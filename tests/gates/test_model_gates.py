@@ -90,13 +90,12 @@ eval_set = "evals/target.jsonl"
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     """Build, register and fine-tune the tiny models once per test run (about 40 s)."""
-    import tinymodel
-
+    from gates.tiny import build_tiny_project
     from gates.train import train_bundle
     from registry.repo import Registry
 
     root = tmp_path_factory.mktemp("model-gates")
-    tiny = tinymodel.build_tiny_project(root / "tiny", seed=0, pretrain_steps=400, adapter_steps=0)
+    tiny = build_tiny_project(root / "tiny", seed=0, pretrain_steps=400, adapter_steps=0)
     reg = Registry.init(root / "reg")
     v1 = mf.register_tiny(reg, tiny, "bot", actor=ACTOR)
     good = mf.write_dataset(root / "good", tiny, "good")

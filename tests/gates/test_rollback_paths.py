@@ -58,14 +58,13 @@ def paths(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     rollback-test of v2 (another adapter) on that channel under AVX2."""
     pytest.importorskip("torch")
     pytest.importorskip("peft")
-    import tinymodel
-
+    from gates.tiny import build_tiny_project
     from gates.train import train_bundle
     from registry.channels import promote
     from registry.repo import Registry
 
     root = tmp_path_factory.mktemp("rollback-paths")
-    tiny = tinymodel.build_tiny_project(root / "tiny", seed=0, pretrain_steps=200)
+    tiny = build_tiny_project(root / "tiny", seed=0, pretrain_steps=200)
     reg = Registry.init(root / "reg")
     v1 = mf.register_tiny(reg, tiny, "bot", actor=ACTOR).tag
     cfg = mf.write_config(root / "other.json", max_steps=10, eval_steps=5)

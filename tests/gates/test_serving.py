@@ -56,15 +56,15 @@ class Serving:
 def serving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serving]:
     pytest.importorskip("torch")
     pytest.importorskip("peft")
-    import tinymodel
     import torch
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from gates.tiny import build_tiny_project
     from registry.repo import Registry
 
     root = tmp_path_factory.mktemp("serving")
-    tiny = tinymodel.build_tiny_project(root / "tiny", seed=0, adapter_steps=0)
+    tiny = build_tiny_project(root / "tiny", seed=0, adapter_steps=0)
     torch.manual_seed(0)
     prompt_dir = root / "prompt-adapter"
     get_peft_model(

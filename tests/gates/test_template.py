@@ -234,11 +234,11 @@ def test_sandbox_refuses(template: str, kind: str) -> None:
 
 
 def test_render_matches_transformers_conventions(tiny: dict[str, Path]) -> None:
-    import tinymodel
+    from gates.tiny import render as tiny_render
 
     text = tiny["chat_template"].read_text()
-    assert render(text, MSGS) == tinymodel.render(MSGS)
-    assert render(text, MSGS[:1], True) == tinymodel.render(MSGS[:1], add_generation_prompt=True)
+    assert render(text, MSGS) == tiny_render(MSGS)
+    assert render(text, MSGS[:1], True) == tiny_render(MSGS[:1], add_generation_prompt=True)
     tmpl = (
         "{{ bos_token }}{% for m in messages %}{% generation %}{{ m.content|tojson }}"
         "{% endgeneration %}{% endfor %}{{ strftime_now('%Y')|length }}"

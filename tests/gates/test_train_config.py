@@ -83,11 +83,10 @@ def test_two_aliases_of_one_key_must_agree() -> None:
 
 
 def test_project_configs_still_pass(tmp_path: Path) -> None:
-    import tinymodel
-
+    from gates.tiny.build import _write_train_yaml
     from registry.ingest.config import parse
 
-    tinymodel._write_train_yaml(tmp_path / "train.yaml", seed=0)
+    _write_train_yaml(tmp_path / "train.yaml", seed=0)
     _, hyper = parse(tmp_path / "train.yaml")
     resolved, ignored = resolve(hyper)
     assert resolved["max_steps"] == 500 and resolved["epochs"] == 1.0 and ignored == []
