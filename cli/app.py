@@ -280,7 +280,7 @@ def verify(
         report = run_verify(reg, ref, all_blobs=all_)
         signatures: list[dict[str, Any]] = []
         failure: RegistryError | None = None
-        if public_keys:
+        if public_keys and ref is not None:  # keys come with a ref (checked above)
             from registry.errors import IntegrityError
             from registry.signing import verify as verify_signature
 

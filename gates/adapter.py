@@ -337,8 +337,8 @@ class AdapterCompatGate(Gate):
                 )
                 continue
             for part, want in expected.items():
-                info = got.get(part)
-                if info is None:
+                found = got.get(part)
+                if found is None:
                     if part in ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B"):
                         problems.append(
                             {
@@ -351,16 +351,16 @@ class AdapterCompatGate(Gate):
                             }
                         )
                     continue
-                if tuple(info.shape) != tuple(want):
+                if tuple(found.shape) != tuple(want):
                     problems.append(
                         {
-                            "tensor": info.name,
+                            "tensor": found.name,
                             "module": module,
                             "base_tensor": base_name,
                             "base_shape": list(shape),
                             "expected": list(want),
-                            "found": list(info.shape),
-                            "problem": _why(part, want, info.shape, rank),
+                            "found": list(found.shape),
+                            "problem": _why(part, want, found.shape, rank),
                         }
                     )
         for info in others:  # modules_to_save / trainable tokens: full copies of base tensors

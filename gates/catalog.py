@@ -9,9 +9,12 @@ Built-in gates are declared in this project's pyproject.toml like any team's wou
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.errors import GateError, PolicyError
+
+if TYPE_CHECKING:
+    from gates.base import Gate
 
 GROUP = "registry.gates"
 
@@ -28,7 +31,9 @@ def names() -> list[str]:
 
 
 @cache
-def load(name: str) -> type:
+def load(name: str) -> type[Gate]:
+    """The gate class `name`. Typed as a Gate subclass: a gate that does not subclass
+    Gate must match its attributes (gates.base), which only its `name` is checked for."""
     ep = entry_points().get(name)
     if ep is None:
         known = ", ".join(names())
@@ -37,7 +42,7 @@ def load(name: str) -> type:
             "A team's own gates are found through the `registry.gates` entry-point group.",
         )
     try:
-        cls = ep.load()
+        cls: type[Gate] = ep.load()
     except Exception as exc:
         raise GateError(f"gate {name!r} could not be loaded from {ep.value}: {exc}") from exc
     if getattr(cls, "name", None) != name:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -24,6 +24,9 @@ from gates.base import Gate, GateContext, GateResult, require_component
 from gates.minhash import containment_pairs, near_duplicate_pairs, normalize, shingle
 from gates.rows import TEXT_CHARS, Rows, check_row, iter_jsonl
 from registry.errors import GateError
+
+if TYPE_CHECKING:
+    from gates.sandbox import RenderError
 
 ROLES = ["system", "user", "assistant", "tool"]
 FORMATS = ("auto", "chat", "prompt_completion", "text")
@@ -249,11 +252,11 @@ class Audit:
                 f" {self.p['max_duplicate_rate']}"
             )
         if len(leaks) > int(self.p["max_split_leaks"]):
-            first = leaks[0]
+            leak = leaks[0]
             self.failures.append(
                 f"{len(leaks)} row(s) duplicate a row of another split (first:"
-                f" {first['row']['split']} line {first['row']['line']} ="
-                f" {first['duplicates']['split']} line {first['duplicates']['line']})"
+                f" {leak['row']['split']} line {leak['row']['line']} ="
+                f" {leak['duplicates']['split']} line {leak['duplicates']['line']})"
             )
         self.reps, self.by_text = reps, first
         return groups
@@ -282,8 +285,8 @@ class Audit:
             if key:
                 by_prompt.setdefault(key, []).append(g)
         for e in range(len(items.text)):
-            if (g := self.by_text.get(normalize(items.text[e]))) is not None and in_scope[g]:
-                matches[(g, e)] = ("exact", 1.0)
+            if (hit := self.by_text.get(normalize(items.text[e]))) is not None and in_scope[hit]:
+                matches[(hit, e)] = ("exact", 1.0)
             for g in by_prompt.get(normalize(items.prompt[e]), ()) if items.prompt[e] else ():
                 matches.setdefault((g, e), ("prompt", 1.0))
         threshold = float(self.p["contamination_threshold"])
@@ -344,7 +347,7 @@ class Audit:
             if needs_template and not self.inp.template
             else None
         )
-        if reason:
+        if reason or not limit:  # no limit always has a reason: `not limit` narrows the type
             info.update(checked=False, reason=reason)
             self.metrics["truncation_checked"] = False
             return
@@ -361,7 +364,8 @@ class Audit:
                 name, {"rows": 0, "truncated": 0, "split_by_packing": 0, "lengths": []}
             )
             s["rows"] += 1
-        offenders, split_rows = [], []
+        offenders: list[tuple[int, int]] = []  # (tokens, row)
+        split_rows: list[tuple[int, int]] = []
         for i, n in zip(measure.tolist(), lengths.tolist(), strict=True):
             s = by_split[rows.where[i][0]]
             if sampled[i]:
@@ -371,7 +375,7 @@ class Audit:
                 s["split_by_packing" if is_packed else "truncated"] += 1
                 (split_rows if is_packed else offenders).append((n, i))
         cut = lost = 0
-        worst = []
+        worst: list[dict[str, Any]] = []
         offenders.sort(reverse=True)
         prompt_lens = self._lengths(tok, [self._prompt(prompts[i], sandbox) for _, i in offenders])
         for (n, i), p_len in zip(offenders, prompt_lens.tolist(), strict=True):
@@ -437,7 +441,9 @@ class Audit:
                 f" {cut} with the answer cut, {lost} with the answer lost)"
             )
 
-    def _render(self, rows: Rows, sandbox: Any, render_error: type) -> tuple[list, list, list]:
+    def _render(
+        self, rows: Rows, sandbox: Any, render_error: type[RenderError]
+    ) -> tuple[list, list, list]:
         """Training text of each row (None when it cannot render) and a prompt renderer."""
         texts: list[str | None] = []
         prompts: list[Any] = []

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gates import catalog
-from gates.base import ERROR, FAILED, PASSED, GateContext, GateResult
+from gates.base import ERROR, FAILED, PASSED, Gate, GateContext, GateResult
 from registry import locks
 from registry.db import now
 from registry.digest import canonical_json
@@ -139,7 +139,7 @@ def run_gates(
             ctx = GateContext(
                 registry=reg, bundle_digest=digest, bundle=info, workdir=workdir, policy=policy,
                 params=policy.params(name), channel=channel,
-                progress=lambda msg, _n=name: hook(_n, "progress", msg), results=results,
+                progress=_progress(hook, name), results=results,
             )  # fmt: skip
             hook(name, "start", "")
             started, t0 = now(), time.perf_counter()
@@ -153,7 +153,12 @@ def run_gates(
     return records
 
 
-def _run_one(cls: type, ctx: GateContext) -> GateResult:
+def _progress(hook: EventHook, name: str) -> Callable[[str], None]:
+    """The progress callback of gate `name`: its messages go to the hook."""
+    return lambda msg: hook(name, "progress", msg)
+
+
+def _run_one(cls: type[Gate], ctx: GateContext) -> GateResult:
     try:
         result = cls().run(ctx)
         if not isinstance(result, GateResult):
@@ -170,7 +175,7 @@ def _run_one(cls: type, ctx: GateContext) -> GateResult:
 def record(
     reg: Registry,
     digest: str,
-    cls: type,
+    cls: type[Gate],
     policy_digest: str | None,
     inputs: dict[str, str],
     result: GateResult,

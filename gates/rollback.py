@@ -30,6 +30,7 @@ the command that records one. Without a channel the gate only records the finger
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 from gates.base import Gate, GateContext, GateResult
@@ -167,7 +168,7 @@ def _check_target(
         with materialize(ctx.registry, target) as wd:
             base_meta = info["components"]["base_model"]["meta"]
             ctx.progress(f"restored {info['tag']}; loading it")
-            variants = [("own tokenizer", None)]
+            variants: list[tuple[str, Path | None]] = [("own tokenizer", None)]
             if swap:
                 variants.append(("candidate tokenizer", ctx.workdir))
             for label, tok_dir in variants:

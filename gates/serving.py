@@ -289,9 +289,10 @@ class _Models:
         from gates import modeling
 
         ctx, meta = self.ctx, self.ctx.meta("base_model")
-        kw = {"dtype": self.dtype, "device": self.device}
         with modeling.peak_memory(self.device) as shared:
-            peft = modeling.load_bundle(ctx.workdir, meta, adapter=self.has_adapter, **kw)
+            peft = modeling.load_bundle(
+                ctx.workdir, meta, adapter=self.has_adapter, dtype=self.dtype, device=self.device
+            )
             self.loaded.append(peft)
             if not self.has_adapter:  # a full fine-tune: the model alone, no base to compare
                 self.models["model"] = peft
@@ -310,7 +311,7 @@ class _Models:
             self.notes.append(f"merged mode skipped: {why}")
             return
         with modeling.peak_memory(self.device) as mem:
-            copy = modeling.load_bundle(ctx.workdir, meta, **kw)
+            copy = modeling.load_bundle(ctx.workdir, meta, dtype=self.dtype, device=self.device)
             self.loaded.append(copy)
             merged = modeling.merged(copy)
             self.loaded.append(merged)

@@ -116,8 +116,8 @@ def stop_token_ids(ctx: GateContext) -> dict[str, list[int]]:
         ]
     for label, path in candidates:
         value = _json_file(path).get("eos_token_id")
-        ids = value if isinstance(value, list) else [value]
-        ids = [i for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+        values = value if isinstance(value, list) else [value]
+        ids = [i for i in values if isinstance(i, int) and not isinstance(i, bool)]
         if ids:
             out[label] = ids
     return out
@@ -513,7 +513,7 @@ def _special_ids(tok: Any, specials: dict[str, str]) -> set[int]:
     ids |= {i for i, t in added.items() if getattr(t, "special", False)}
     ids.discard(None)
     ids.discard(tok.token_to_id(specials.get("unk_token", "")))  # unk marks unknown text
-    return ids  # type: ignore[return-value]
+    return ids
 
 
 def _sha256(text: str) -> str:

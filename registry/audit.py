@@ -207,7 +207,9 @@ def _verify(
     prev: str | None = None
     newest: dict[tuple[str, str], dict[str, Any]] = {}
     runs: dict[str, int] = {}  # gate-run record digest -> events naming it
-    tags: dict[tuple[str, int, str], int] = {}
+    # (name, version, digest) of the tag events: the version as the event's detail has it
+    # (an int, unless the log was edited), so that it can fail to match the database.
+    tags: dict[tuple[str, Any, str], int] = {}
     policy_set: str | None = None
     signatures: set[tuple[str, str]] = set()  # (bundle, signature blob) a `sign` recorded
     for r in conn.execute(f"SELECT {EVENT_COLUMNS} FROM event ORDER BY seq").dicts():
@@ -229,7 +231,7 @@ def _verify(
         elif r["action"] == "tag" and r["subject"]:
             version = _detail(r).get("version")
             key = (r["name"], version, r["subject"])
-            tags[key] = tags.get(key, 0) + 1  # type: ignore[index]
+            tags[key] = tags.get(key, 0) + 1
         elif r["action"] == "policy":
             policy_set = r["policy_digest"]
         elif r["action"] == "sign" and r["subject"]:
@@ -334,7 +336,7 @@ def _check_runs(conn: Connection, events: dict[str, int], report: AuditReport) -
 
 
 def _check_tags(
-    conn: Connection, events: dict[tuple[str, int, str], int], report: AuditReport
+    conn: Connection, events: dict[tuple[str, Any, str], int], report: AuditReport
 ) -> None:
     seen: dict[tuple[str, int, str], int] = {}
     for name, version, digest in conn.execute("SELECT name, version, digest FROM bundle").all():

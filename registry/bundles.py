@@ -208,8 +208,8 @@ def list_bundles(reg: Registry, name: str | None = None) -> list[dict[str, Any]]
             {"n": name},
         ).dicts()
         held: dict[str, list[str]] = {}
-        for r in conn.execute(f"SELECT channel, bundle_digest FROM channel{where}", {"n": name}):
-            held.setdefault(r[1], []).append(r[0])
+        for ch in conn.execute(f"SELECT channel, bundle_digest FROM channel{where}", {"n": name}):
+            held.setdefault(ch[1], []).append(ch[0])
         tracked: dict[str, list[str]] = {}
         for t in tracking.views(conn, name):
             tracked.setdefault(t["bundle_digest"], []).append(t["view"])
@@ -227,7 +227,7 @@ def show(reg: Registry, ref: str) -> dict[str, Any]:
 
     with reg.db.read() as conn:
         row = refs.resolve(conn, ref)
-        lineage = []
+        lineage: list[dict[str, Any]] = []
         parent = row["parent"]
         seen = {row["digest"]}
         while parent and parent not in seen and len(lineage) < 100:

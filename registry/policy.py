@@ -272,9 +272,10 @@ def parse(
         require = section.get("require", [])
         if not isinstance(require, list) or not all(isinstance(g, str) for g in require):
             raise PolicyError(f"[channels.{name}] require must be a list of gate names")
-        for g in require if schema is not None else ():
-            if g not in schema.names():
-                _unknown_gate(schema, g, f"channels.{name}")
+        if schema is not None:
+            for g in require:
+                if g not in schema.names():
+                    _unknown_gate(schema, g, f"channels.{name}")
         actors = section.get("actors")
         if actors is not None:
             actors = _names(actors, f"[channels.{name}] actors", files)

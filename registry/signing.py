@@ -25,7 +25,7 @@ import functools
 import hashlib
 import tempfile
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from registry import locks
 from registry.errors import IntegrityError, UsageError
@@ -94,11 +94,16 @@ def _sign_manifest(manifest: Any, key: SigningKey) -> bytes:
 
     The public `signing.Config().use_elliptic_key_signer(...).sign(dir, sig)` hashes a
     directory; the manifest built here is signed with the same signer class instead."""
-    from model_signing._signing import sign_ec_key
+    from model_signing._signing import sign_ec_key, sign_sigstore_pb
     from model_signing._signing import signing as ms_signing
 
-    signature = sign_ec_key.Signer(key.path).sign(ms_signing.Payload(manifest))
-    hint = signature.bundle.verification_material.public_key.hint
+    # Signer.sign is declared to return the abstract signing.Signature; the elliptic-key
+    # signer returns the Sigstore-bundle one, whose bundle is read here.
+    signature = cast(
+        sign_sigstore_pb.Signature, sign_ec_key.Signer(key.path).sign(ms_signing.Payload(manifest))
+    )
+    public_key = signature.bundle.verification_material.public_key  # set by this signer
+    hint = public_key.hint if public_key is not None else None
     if hint != hashlib.sha256(key.public.pem).hexdigest():
         raise UsageError(f"signing key {key.path} changed while signing; nothing was signed")
     with tempfile.TemporaryDirectory(prefix="registry-sign-") as tmp:

@@ -213,7 +213,7 @@ class RegistryApp(App[None]):
         open_row = [b for b in VirtualTable.BINDINGS if isinstance(b, Binding) and b.key == "enter"]
         sections: list[tuple[str, list[BindingType]]] = [
             ("Everywhere", list(self.BINDINGS) + [Binding("ctrl+p", "", "Command palette")]),
-            ("Bundles", list(BundlesScreen.BINDINGS) + open_row),
+            ("Bundles", [*BundlesScreen.BINDINGS, *open_row]),
             ("Bundle", list(DetailScreen.BINDINGS)),
             ("Channels", list(ChannelsScreen.BINDINGS)),
             ("Promote", list(PromoteScreen.BINDINGS)),

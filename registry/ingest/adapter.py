@@ -25,10 +25,8 @@ def parse_adapter_config(cfg: Any, where: str = "adapter_config.json") -> dict[s
         "base_model_name_or_path": cfg.get("base_model_name_or_path"),
     }
     if peft_type in ("LORA", "ADALORA", "LOHA", "LOKR"):
-        r, alpha = cfg.get("r"), cfg.get("lora_alpha", cfg.get("alpha"))
-        for key, value in (("r", r), ("lora_alpha", alpha)):
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                raise InvalidInputError(f"{where}: {key} must be a number, got {value!r}")
+        r = _number(where, "r", cfg.get("r"))
+        alpha = _number(where, "lora_alpha", cfg.get("lora_alpha", cfg.get("alpha")))
         if not isinstance(r, int) or r <= 0:
             raise InvalidInputError(f"{where}: r must be a positive integer, got {r!r}")
         if not math.isfinite(alpha):
@@ -64,6 +62,12 @@ def parse_adapter_config(cfg: Any, where: str = "adapter_config.json") -> dict[s
     elif "num_virtual_tokens" in cfg:
         meta["num_virtual_tokens"] = cfg.get("num_virtual_tokens")
     return meta
+
+
+def _number(where: str, key: str, value: Any) -> int | float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidInputError(f"{where}: {key} must be a number, got {value!r}")
+    return value
 
 
 def stage(root: Path, *, allow_pickle: bool = False) -> Staged:

@@ -99,6 +99,7 @@ def stage_external(uri: str, *, allow_pickle: bool = False, hash_file: Any = Non
     repo_cache = hub_cache_dir() / f"models--{repo.replace('/', '--')}"
     notes: list[str] = []
     hub, unreachable = None, None
+    commit: str | None  # the pinned commit (None: the revision is not in the cache)
     if not _offline():
         try:
             hub = _from_hub(repo, rev, repo_cache, hash_file)
@@ -216,7 +217,7 @@ def _from_hub(
         for s in info.siblings or []:
             rel = check_relpath(s.rfilename)
             if s.lfs is not None and getattr(s.lfs, "sha256", None):
-                files.append(FileEntry(rel, f"sha256:{s.lfs.sha256}", s.size))
+                files.append(FileEntry(rel, f"sha256:{s.lfs.sha256}", s.lfs.size))
                 continue
             cached = repo_cache / "snapshots" / commit / rel
             local = (

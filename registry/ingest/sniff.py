@@ -22,6 +22,7 @@ import pickletools
 import re
 import zipfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 HEAD = 64 * 1024  # bytes read from each file, and decompressed from a compressed one
@@ -58,7 +59,7 @@ def sniff_bytes(head: bytes, *, complete: bool, depth: int = 0) -> str | None:
     if depth < _MAX_DEPTH:
         for name, decompress in _COMPRESSORS:
             if (inner := decompress(head)) is not None:
-                if inner is _UNCHECKABLE:
+                if isinstance(inner, _Uncheckable):
                     return (
                         f"{name}-compressed data that cannot be checked for a pickle"
                         " (no zstandard module to decompress it)"
@@ -210,7 +211,14 @@ def _descr_types(text: str) -> list[str] | None:
 
 # --- compressed data --------------------------------------------------------------------
 
-_UNCHECKABLE = object()
+
+class _Uncheckable:
+    """What a decompressor returns for its format's data that it cannot decompress here."""
+
+
+_UNCHECKABLE = _Uncheckable()
+# A decompressor's answer: the head's decompressed start and whether that is all of it.
+_Inner = tuple[bytes, bool] | _Uncheckable | None
 
 
 def _stream(make):  # noqa: ANN001, ANN202
@@ -237,7 +245,7 @@ def _zlib(head: bytes) -> tuple[bytes, bool] | None:
     return _stream(zlib.decompressobj)(head)
 
 
-def _zstd(head: bytes) -> object:
+def _zstd(head: bytes) -> _Inner:
     if not head.startswith(b"\x28\xb5\x2f\xfd"):
         return None
     try:
@@ -252,7 +260,7 @@ def _zstd(head: bytes) -> object:
     return (out, len(out) < HEAD) if out else None
 
 
-_COMPRESSORS = (
+_COMPRESSORS: tuple[tuple[str, Callable[[bytes], _Inner]], ...] = (
     ("gzip", _magic(b"\x1f\x8b", _stream(lambda: zlib.decompressobj(wbits=31)))),
     ("bzip2", _magic(b"BZh", _stream(bz2.BZ2Decompressor))),
     ("xz", _magic(b"\xfd7zXZ\x00", _stream(lzma.LZMADecompressor))),

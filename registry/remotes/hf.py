@@ -44,7 +44,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +67,7 @@ from registry.remotes.sync import (
     MAX_PUBLIC_KEY,
     MAX_SIGNATURE,
     BundleBlobs,
+    Loader,
     TrustPulled,
     TrustRecords,
     adopt_file,
@@ -456,7 +457,8 @@ class HubRemote:
             # Trust records of every bundle stay; this bundle's are added (or refreshed).
             desired.update({p: KEEP for p in tree if p.startswith(TRUST_DIRS)})
             desired.update(trust_files(bundle.digest, local_trust(reg, bundle.digest)))
-            ops, sent, sent_blobs = [], 0, set()
+            ops: list[CommitOperationAdd | CommitOperationDelete] = []
+            sent, sent_blobs = 0, set[str]()
             for path, content in sorted(desired.items()):
                 if content is KEEP or _same(tree.get(path), content, reg):
                     continue
@@ -509,7 +511,8 @@ class HubRemote:
         result.seconds = time.perf_counter() - t0
         return result
 
-    def _tag(self, vtag: str, commit: str, digest: str, work: Path) -> None:
+    def _tag(self, vtag: str, commit: str | None, digest: str, work: Path) -> None:
+        """Tag `commit` (None: main's head) as `vtag`, unless the same bundle already is."""
         from huggingface_hub.errors import HfHubHTTPError
 
         try:
@@ -653,7 +656,8 @@ class HubRemote:
 
             return load
 
-        attestations, signatures = {}, {}
+        attestations: dict[str, Loader] = {}
+        signatures: dict[str, tuple[str | None, Loader]] = {}
         for path in tree:
             folder, _, leaf = path.rpartition("/")
             stem, _, ext = leaf.partition(".")
@@ -682,7 +686,7 @@ class HubRemote:
         self,
         reg: Registry,
         bundle_digest: str,
-        revs: list[str],
+        revs: Sequence[str],  # (`list` here is the method HubRemote.list)
         trees: dict[str, dict[str, Any]],
         work: Path,
         trust: TrustPulled,

@@ -153,7 +153,7 @@ def _refuse(why: str) -> Callable[[], bytes | None]:
 def _subscribers(size: int, on_bytes: Callable[[int], None] | None) -> list[Any]:
     from s3transfer.subscribers import BaseSubscriber
 
-    class Sub(BaseSubscriber):  # type: ignore[misc]
+    class Sub(BaseSubscriber):
         def on_queued(self, future: Any, **kwargs: Any) -> None:
             future.meta.provide_transfer_size(size)  # no HEAD: we know the size
 
@@ -790,7 +790,9 @@ class S3Remote:
                         tm.download(
                             self.bucket,
                             self.blob_key(digest),
-                            sink,
+                            # s3transfer takes any writable file object (a non-seekable one
+                            # too); types-s3transfer declares IO[Any] | str | bytes.
+                            sink,  # type: ignore[arg-type]
                             subscribers=_subscribers(size, on_bytes),
                         )
                     )

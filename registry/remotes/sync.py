@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -422,7 +423,9 @@ def local_trust(reg: Registry, bundle_digest: str) -> TrustRecords:
             " ORDER BY signer",
             {"b": bundle_digest},
         ).all()
-        pems = dict(conn.execute("SELECT id, public_pem FROM signing_key").all()) if sigs else {}
+        pems: dict[str, str] = (
+            dict(conn.execute("SELECT id, public_pem FROM signing_key").all()) if sigs else {}
+        )
     for signer, digest in sigs:
         if signer not in pems or not is_digest(digest):
             continue
@@ -470,7 +473,7 @@ def import_trust(
     out = TrustPulled()
     with reg.db.read() as conn:
         have = {d for d, _gate in gate_runs.attestation_blobs(conn, bundle_digest)}
-        have_sigs = dict(
+        have_sigs: dict[str, str] = dict(
             conn.execute(
                 "SELECT signer, signature_digest FROM bundle_signature WHERE bundle_digest = :b",
                 {"b": bundle_digest},
@@ -486,13 +489,13 @@ def import_trust(
                 out.gate_runs += 1
         except (IntegrityError, UsageError) as exc:
             out.notes.append(f"{what} refused: {_first(exc)}; skipped")
-    for signer, (digest, load) in sorted(signatures.items()):
-        if digest is not None and have_sigs.get(signer) == digest:
+    for signer, (sig_digest, load) in sorted(signatures.items()):
+        if sig_digest is not None and have_sigs.get(signer) == sig_digest:
             continue
         what = f"signature by {signer} on {origin}"
         try:
             public = _signer_key(reg, signer, key)
-            data = _loaded(load, digest, MAX_SIGNATURE, what)
+            data = _loaded(load, sig_digest, MAX_SIGNATURE, what)
             if signing.import_signature(reg, who, bundle_digest, public, data, origin):
                 out.signatures += 1
         except (IntegrityError, UsageError) as exc:
@@ -522,7 +525,7 @@ def prefetch(
             return refuse
         return lambda: data
 
-    keys = {k: now(lambda k=k: key(k)) for k in signatures}
+    keys = {k: now(functools.partial(key, k)) for k in signatures}
     return {
         "attestations": {d: now(load) for d, load in attestations.items()},
         "signatures": {k: (d, now(load)) for k, (d, load) in signatures.items()},

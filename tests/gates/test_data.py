@@ -405,3 +405,27 @@ def test_rows_too_short_to_truncate_are_not_tokenized(tmp_path: Path, monkeypatc
     assert [w["line"] for w in t["worst"]] == [8, 24]
     assert t["tokenized"] == 2 + t["by_split"]["train"]["length_sample"] < 30
     assert any("exceed max_seq_len 20" in f for f in failures)
+
+
+def test_split_leak_does_not_hide_exact_contamination(tmp_path: Path) -> None:
+    # Regression: a failing split-leak check once replaced the text -> group map the
+    # contamination check matches exact copies with, so a short eval item (matched
+    # exactly only) copied into train went unreported when a split also leaked.
+    rng = random.Random(5)
+    words = [f"word{i}" for i in range(200)]
+    train = [_chat(" ".join(rng.choice(words) for _ in range(20)), "no") for _ in range(10)]
+    item = _chat("what is two plus two", "four")  # under contamination_min_ngrams
+    _write(tmp_path / "train.jsonl", [*train, item])
+    _write(tmp_path / "validation.jsonl", [train[3]])  # a split leak
+    _write(tmp_path / "eval.jsonl", [item])
+    inp = data.AuditInput(
+        splits=[("train", tmp_path / "train.jsonl"), ("validation", tmp_path / "validation.jsonl")],
+        eval_sets=[("eval.jsonl", tmp_path / "eval.jsonl")],
+        params=_params(max_duplicate_rate=1.0),
+        license="mit",
+    )
+    failures, metrics, evidence = data.Audit(inp).run()
+    assert metrics["split_leaks"] == 1 and any("another split" in f for f in failures)
+    assert metrics["contaminated"] == 1 and any("eval items" in f for f in failures)
+    (pair,) = evidence["contamination"]["pairs"]
+    assert pair["match"] == "exact" and pair["row"]["line"] == len(train) + 1

@@ -146,4 +146,5 @@ class BundlesScreen(RegistryScreen):
 
     @on(VirtualTable.Selected, "#bundles")
     def _selected(self, event: VirtualTable.Selected) -> None:
-        self.rapp.open_detail(event.row)
+        if event.row is not None:  # always: the table sends Selected only with a row
+            self.rapp.open_detail(event.row)

@@ -157,7 +157,9 @@ class VirtualTable(ScrollView, can_focus=True):
         if self.rows:
             self.post_message(self.Selected(self, self.current))
 
-    def _on_click(self, event: events.Click) -> None:
+    async def _on_click(self, event: events.Click) -> None:
+        # Textual calls the _on_click of every class in the MRO (Widget's too), and awaits
+        # a coroutine: async only to match Widget._on_click.
         if event.y < 1:
             return
         index = int(self.scroll_offset.y) + event.y - 1
