@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-paths lint bench clean
+.PHONY: venv demo test test-paths lint bench clean wheel-check
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,11 +33,39 @@ test-paths: $(STAMP)
 	  ATEN_CPU_CAPABILITY=$$path $(VENV)/bin/pytest -q -p no:cacheprovider $(MODEL_TESTS) || exit 1; \
 	done
 
-# Habits CI checks: lint rules, the format, and the layers contract (docs/design.md).
+# Every benchmark in bench/ in a quick mode (70 s on the 2-core box), each printing its
+# ratio against the baseline it measures in the same run; the figures and full commands
+# are in bench/README.md (the S3 push/pull ratios at 64 MiB carry more fixed cost than
+# its 1 GiB goals: `bench_remote_s3.py --size-mib 1024`, about 5 minutes). A missed goal
+# or a crash is reported at the end (exit 1) without stopping the others. Left out:
+# bench/demo_margins.py (retrains the demo per CPU kernel path and seed, many minutes:
+# `$(PY) bench/demo_margins.py -j 2`) and bench_rollback.py's MLflow comparison (needs
+# MLflow in its own venv: `--mlflow PYTHON`).
+BENCHES := "bench_safetensors_header.py --quick" "bench_dataset_audit.py --quick" \
+	"bench_cli.py --repeat 5" "bench_ingest.py --size-mib 256 --repeat 1" \
+	"bench_rollback.py --repeat 3" "bench_tui.py --repeat 3" \
+	"bench_remote_s3.py --size-mib 64" "bench_gate_overhead.py --repeat 9" \
+	"bench_eval_throughput.py --prompts 32 --repeat 3"
+bench: $(STAMP)
+	@failed=; for b in $(BENCHES); do \
+	  echo "== $(PY) bench/$$b"; \
+	  $(PY) bench/$$b || failed="$$failed $${b%% *}"; \
+	done; \
+	[ -z "$$failed" ] || { echo "make bench: goal missed or failed:$$failed"; exit 1; }
+
+# Habits CI checks: lint rules, the format, the layers contract (docs/design.md) and the
+# types ([tool.mypy] in pyproject.toml: registry, gates, tui, cli).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
+
+# The wheel as users get it: built from the tree, installed without [gates] (no torch) in
+# a fresh virtualenv outside the checkout, then the whole release flow with its
+# `registry` command (init, add, gates, promote, rollback, audit verify).
+wheel-check: $(STAMP)
+	PYTHON=$(PYTHON) .ci/wheel-check
 
 clean:
 	rm -rf $(VENV) demo-out

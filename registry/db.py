@@ -1,10 +1,11 @@
 """Database access: thin DB-API connections, transactions and the schema check.
 
 The schema of record is the SQLModel tables in `registry.models`, created only by the
-Alembic migrations in `migrations/`. Commands do not go through SQLAlchemy: importing it
-costs about 0.35 s on this machine, more than the whole budget of `registry ls` or
-`registry rollback`. They run plain SQL that SQLite and PostgreSQL share, with `:name`
-parameters, on `sqlite3` (stdlib) or `psycopg` directly.
+Alembic migrations in `migrations/` (installed as the package `registry.migrations`).
+Commands do not go through SQLAlchemy: importing it costs about 0.35 s on this machine,
+more than the whole budget of `registry ls` or `registry rollback`. They run plain SQL
+that SQLite and PostgreSQL share, with `:name` parameters, on `sqlite3` (stdlib) or
+`psycopg` directly.
 
 SQLite: WAL, synchronous=FULL, a busy timeout, and write transactions begun with
 `BEGIN IMMEDIATE`, so a read that turns into a write cannot fail half-way and an
@@ -15,6 +16,7 @@ lock rows with `SELECT ... FOR UPDATE`.
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +27,28 @@ from registry.errors import RegistryError, SchemaError
 
 # The Alembic head this code expects; tests/test_migrations.py keeps it equal to the head.
 SCHEMA_REVISION = "0002_trust"
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_PACKAGE = "registry.migrations"
+
+
+def _package_dir(name: str) -> Path | None:
+    """The directory of package `name`, found by the import system without importing it.
+
+    The checkout keeps the migrations at the top of the repository and pyproject.toml maps
+    them to `registry.migrations`: an editable install finds that package through
+    setuptools' editable finder, an installed wheel in site-packages/registry/migrations.
+    One lookup serves both (importlib.util is loaded already: it costs commands nothing).
+    """
+    try:
+        spec = importlib.util.find_spec(name)
+    except ImportError:
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+# Alembic's script directory (env.py, script.py.mako, versions/); None in a broken install.
+MIGRATIONS_DIR = _package_dir(MIGRATIONS_PACKAGE)
 BUSY_TIMEOUT_S = 60
 _PARAM_RE = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
@@ -289,6 +312,11 @@ def upgrade(url: str) -> None:
     from alembic import command
     from alembic.config import Config
 
+    if MIGRATIONS_DIR is None or not (MIGRATIONS_DIR / "env.py").is_file():
+        raise RegistryError(
+            f"this installation has no database migrations ({MIGRATIONS_PACKAGE} is missing)",
+            "Reinstall lora-registry (pip install lora-registry, or `make venv` in a checkout).",
+        )
     if url.startswith(("postgresql", "postgres:")):
         # Connect once here, so a server that cannot be reached is one clean line (exit 1)
         # rather than SQLAlchemy's multi-line error from inside Alembic.
