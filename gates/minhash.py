@@ -15,6 +15,10 @@ combined into 64-bit hashes with numpy, and everything after that is vectorised:
 The LSH banding is the same scheme as `datasketch.MinHashLSH`, done on arrays: inserting
 100,000 LeanMinHash objects into MinHashLSH costs more than the whole audit does here (see
 bench/bench_dataset_audit.py, which measures both against an exact all-pairs baseline).
+Kept over datasketch (issue 14) on that benchmark's 5,000-row sample, datasketch given the
+same (b, r) = (21, 6), the same shingles and the same exact verification: both find the
+same pairs (95/95 planted pairs >= 0.8, recall 1.0 against all 113 exact pairs, no false
+positives), in 0.14 s here vs 0.93 s (medians of 5, interleaved; 6.6x).
 """
 
 from __future__ import annotations

@@ -150,6 +150,7 @@ BAD_HEADERS = [
     (dict(header=GOOD, data=b"\0" * 12), "does not end"),
     (dict(header={"w": {"dtype": "X9", "shape": [2], "data_offsets": [0, 8]}}, data=b"\0" * 8), "unknown dtype"),
     (dict(header={"w": {"dtype": "F32", "shape": [-2], "data_offsets": [0, 8]}}, data=b"\0" * 8), "invalid shape"),
+    (dict(header=b'{"w": {"dtype": "F32", "dtype": "I32", "shape": [2], "data_offsets": [0, 8]}}', data=b"\0" * 8), "duplicate key"),
 ]  # fmt: skip
 
 
