@@ -2,7 +2,7 @@
 
 Heavy or slow modules are imported inside the commands that use them; `registry --help`,
 `ls`, `show` and `rollback` never import torch, transformers, peft, boto3, huggingface_hub
-or textual (tests/test_startup.py checks it). Every RegistryError becomes one line on
+or textual (tests/cli/test_startup.py checks it). Every RegistryError becomes one line on
 stderr and its exit code here, in `main`; a traceback only with --debug or REGISTRY_DEBUG=1.
 """
 

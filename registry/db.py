@@ -25,7 +25,7 @@ from typing import Any
 
 from registry.errors import RegistryError, SchemaError
 
-# The Alembic head this code expects; tests/test_migrations.py keeps it equal to the head.
+# The Alembic head this code expects; tests/registry/test_migrations.py keeps it equal to the head.
 SCHEMA_REVISION = "0002_trust"
 MIGRATIONS_PACKAGE = "registry.migrations"
 

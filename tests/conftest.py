@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import sys
 import uuid
 from collections.abc import Iterator
@@ -149,3 +150,40 @@ def add_args(tiny: dict[str, Path], name: str = "support-bot") -> list[str]:
         "--tokenizer", str(tiny["tokenizer"]), "--chat-template", str(tiny["chat_template"]),
         "--dataset", str(tiny["dataset"]), "--config", str(tiny["config"]),
     ]  # fmt: skip
+
+
+# --- refusals: what bad input must leave unchanged (docs/design.md, exit codes) ---------
+
+
+def snapshot(reg_path: Path) -> tuple:
+    """Every stored blob and every database row: what must not change."""
+    from registry.repo import Registry
+
+    blobs = sorted(
+        str(p.relative_to(reg_path)) for p in (reg_path / "blobs").rglob("*") if p.is_file()
+    )
+    reg = Registry.open(reg_path)
+    with reg.db.read() as conn:
+        tables = {
+            t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").all()
+            for t in ("bundle", "bundle_component", "channel", "event", "gate_run", "setting")
+        }
+    reg.close()
+    return blobs, tables
+
+
+def copy(src: Path, tmp_path: Path, name: str) -> Path:
+    dest = tmp_path / name
+    shutil.copytree(src, dest)
+    return dest
+
+
+def expect_refused(cli, reg_path: Path, args: list, code: int, message: str) -> None:  # noqa: ANN001
+    before = snapshot(reg_path)
+    res = cli(*args)
+    assert res.code == code, (res.code, res.out, res.err)
+    lines = res.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.err
+    assert "Traceback" not in res.err
+    assert message in lines[0], lines[0]
+    assert snapshot(reg_path) == before

@@ -1,7 +1,7 @@
 """`registry tui`: the terminal app for reviewing gate results, promoting and rolling back.
 
 Textual is imported inside the command, so `registry --help` and every other command
-start without it (tests/test_startup.py).
+start without it (tests/cli/test_startup.py).
 """
 
 from __future__ import annotations

@@ -364,7 +364,7 @@ def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """
     import huggingface_hub.constants as hf_constants
 
-    from tests.remotes.hubserver import HubServer
+    from tests.registry.remotes.hubserver import HubServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = HubServer(token=HF_TEST_TOKEN).start()

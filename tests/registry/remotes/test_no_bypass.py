@@ -15,10 +15,10 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.fakegates import fake_gates  # noqa: F401  (fixture)
-from tests.remotes.conftest import S3Env, add_tiny, cli_ok
-from tests.remotes.test_tracking import add_remote, channel_state, set_policy
+from tests.registry.remotes.conftest import S3Env, add_tiny, cli_ok
+from tests.registry.remotes.test_tracking import add_remote, channel_state, set_policy
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_only_channels_move_writes_the_channel_table() -> None:

@@ -2,7 +2,7 @@
 the read-only view NAME:REMOTE/CHANNEL (like git's origin/main) and never moves the local
 channel; adopting it is an ordinary, policy-gated promote.
 
-Against the moto S3 server (tests/remotes/conftest.py), on SQLite and PostgreSQL.
+Against the moto S3 server (tests/registry/remotes/conftest.py), on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.fakegates import fake_gates  # noqa: F401  (fixture)
-from tests.remotes.conftest import S3Env, add_tiny, cli_ok
+from tests.registry.remotes.conftest import S3Env, add_tiny, cli_ok
 
 OPEN_POLICY = "[channels.staging]\nrequire = []\n\n[channels.production]\nrequire = []\n"
 # The puller's own policy: nothing enters a channel without a fake-outcome run here.

@@ -5,30 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import add_args, run_cli
-
-
-def snapshot(reg_path: Path) -> tuple:
-    """Every stored blob and every database row: what must not change."""
-    from registry.repo import Registry
-
-    blobs = sorted(
-        str(p.relative_to(reg_path)) for p in (reg_path / "blobs").rglob("*") if p.is_file()
-    )
-    reg = Registry.open(reg_path)
-    with reg.db.read() as conn:
-        tables = {
-            t: conn.execute(f"SELECT * FROM {t} ORDER BY 1").all()
-            for t in ("bundle", "bundle_component", "channel", "event", "gate_run", "setting")
-        }
-    reg.close()
-    return blobs, tables
+from tests.conftest import add_args, copy, expect_refused, run_cli, snapshot
 
 
 @pytest.fixture
@@ -36,23 +18,6 @@ def seeded(cli, tiny):  # noqa: ANN001, ANN201
     """A registry holding one bundle, so 'unchanged' is a real claim."""
     assert cli(*add_args(tiny)).code == 0
     return cli
-
-
-def copy(src: Path, tmp_path: Path, name: str) -> Path:
-    dest = tmp_path / name
-    shutil.copytree(src, dest)
-    return dest
-
-
-def expect_refused(cli, reg_path: Path, args: list, code: int, message: str) -> None:  # noqa: ANN001
-    before = snapshot(reg_path)
-    res = cli(*args)
-    assert res.code == code, (res.code, res.out, res.err)
-    lines = res.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.err
-    assert "Traceback" not in res.err
-    assert message in lines[0], lines[0]
-    assert snapshot(reg_path) == before
 
 
 def with_adapter(tiny: dict, adapter: Path) -> list:

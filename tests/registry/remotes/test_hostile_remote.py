@@ -24,10 +24,9 @@ from typing import Any
 import pytest
 
 from registry.digest import canonical_json, sha256_bytes
-from tests.conftest import run_cli
-from tests.remotes.conftest import S3Env, add_tiny, cli_ok
-from tests.remotes.test_s3 import POLICY, add_remote
-from tests.test_bad_input import snapshot
+from tests.conftest import run_cli, snapshot
+from tests.registry.remotes.conftest import S3Env, add_tiny, cli_ok
+from tests.registry.remotes.test_s3 import POLICY, add_remote
 
 PREFIX = "team"
 SAFE_VERSION_MAX = 1_000_000  # registry.remotes.sync.MAX_VERSION

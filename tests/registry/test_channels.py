@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from registry.config import os_user
-from tests.conftest import add_args
+from tests.conftest import add_args, snapshot
 from tests.fakegates import fake_gates  # noqa: F401  (fixture)
-from tests.test_bad_input import snapshot
 
 POLICY = """
 [channels.staging]
@@ -230,7 +229,7 @@ def test_gate_engine_records_everything(bundles3, tmp_path, tiny) -> None:  # no
 def _race(reg_path: Path, refs: list[str], channel: str) -> list[tuple]:
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(len(refs)), ctx.Queue()
-    from tests.race_worker import promote_after_barrier
+    from tests.registry.race_worker import promote_after_barrier
 
     procs = [ctx.Process(target=promote_after_barrier,
                          args=(str(reg_path), ref, channel, f"user{i}", barrier, results))

@@ -18,7 +18,7 @@ import pytest
 from registry.digest import sha256_bytes
 from tests.conftest import run_cli
 from tests.fakegates import fake_gates  # noqa: F401  (fixture)
-from tests.remotes.conftest import S3Env, add_tiny, cli_ok
+from tests.registry.remotes.conftest import S3Env, add_tiny, cli_ok
 
 POLICY = """
 [channels.staging]
@@ -176,7 +176,7 @@ def test_signed_gate_runs_travel_over_s3_and_count_only_where_trusted(
 def test_a_bundle_signature_travels_over_s3_and_verifies_on_the_puller(
     make_registry, database_url, tiny, s3: S3Env, ci_keys, tmp_path
 ) -> None:
-    from tests.test_signing import ms_api_verify
+    from tests.registry.test_signing import ms_api_verify
 
     a = with_key(make_registry("a"), ci_keys["ci"])
     bundle = add_tiny(a, tiny)
@@ -286,7 +286,7 @@ def test_signed_gate_runs_and_signatures_travel_over_the_hub(
 ) -> None:
     from huggingface_hub import HfApi
 
-    from tests.test_signing import ms_api_verify
+    from tests.registry.test_signing import ms_api_verify
 
     a, bundle = gate_box(make_registry, tiny, ci_keys, "a", "ci")
     cli_ok(a, "sign", "support-bot:v1")

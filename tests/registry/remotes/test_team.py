@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PG_ADMIN, pg_database, run_cli
-from tests.remotes.conftest import S3Env, add_tiny, cli_ok
+from tests.registry.remotes.conftest import S3Env, add_tiny, cli_ok
 
 POLICY = "[channels.staging]\nrequire = []\n\n[channels.production]\nrequire = []\n"
 
@@ -75,7 +75,7 @@ def test_two_registries_on_one_database_and_one_bucket_share_one_history(
         as_user(monkeypatch, "alice")
         history = json.loads(cli_ok(alice, "history", "support-bot:production", "--json"))
         # Both connect as the same PostgreSQL role here, which is who acted; the names are
-        # display names (tests/test_trust.py gives each user a role of their own).
+        # display names (tests/registry/test_trust.py gives each user a role of their own).
         assert [(h["action"], h["display"], h["to_tag"]) for h in history] == [
             ("rollback", "bob", "support-bot:v1"),
             ("promote", "alice", "support-bot:v2"),

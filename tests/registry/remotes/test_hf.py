@@ -1,5 +1,5 @@
 """The Hugging Face Hub remote: the real huggingface_hub client against our Hub-compatible
-test server (tests/remotes/hubserver.py), and what it publishes loaded with transformers
+test server (tests/registry/remotes/hubserver.py), and what it publishes loaded with transformers
 and peft exactly as a user would load a model repo.
 """
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import add_args, run_cli
-from tests.remotes.conftest import HF_TEST_TOKEN, add_tiny, cli_ok
+from tests.registry.remotes.conftest import HF_TEST_TOKEN, add_tiny, cli_ok
 
 # peft calls a deprecated transformers property while loading; nothing for us to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")

@@ -21,7 +21,7 @@ import pytest
 
 from registry.digest import canonical_json, sha256_bytes
 from tests.conftest import ROOT, run_cli
-from tests.remotes.conftest import (
+from tests.registry.remotes.conftest import (
     AWS_ENV,
     Proxy,
     S3Env,
@@ -587,7 +587,7 @@ sys.stderr.write("\\nLOADED:" + json.dumps(sorted({m.split(".")[0] for m in sys.
 def test_remote_commands_that_do_not_talk_to_a_remote_import_nothing_heavy(
     make_registry, s3: S3Env
 ) -> None:
-    from tests.test_startup import HEAVY
+    from tests.cli.test_startup import HEAVY
 
     a = make_registry("a")
     add_remote(a, s3)

@@ -2,7 +2,7 @@
 policy names kept inside its directory, and no database password written or printed.
 
 One row per case: how the input is built, the exit code, a fragment of the one-line error,
-and the registry exactly as it was (`snapshot`, from tests/test_bad_input.py)."""
+and the registry exactly as it was (`snapshot`, from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PG_ADMIN, add_args, pg_database, run_cli
+from tests.conftest import PG_ADMIN, add_args, copy, expect_refused, pg_database, run_cli, snapshot
 from tests.fakegates import fake_gates  # noqa: F401  (fixture)
-from tests.test_bad_input import copy, expect_refused, snapshot
 
 MARKER = "pwned"
 

@@ -1,0 +1,1 @@
+"""Tests of the registry package: the store, manifests, database, channels, trust, remotes."""
