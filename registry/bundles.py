@@ -252,6 +252,7 @@ def show(reg: Registry, ref: str) -> dict[str, Any]:
             for t in tracking.views(conn, row["name"])
             if t["bundle_digest"] == row["digest"]
         ]
+        pulled = pull_record(conn, row["digest"])
     manifest = load_bundle(reg, row["digest"])
     components = {}
     for kind, desc in manifest.components.items():
@@ -269,9 +270,45 @@ def show(reg: Registry, ref: str) -> dict[str, Any]:
         "annotations": manifest.annotations,
         "channels": channels,
         "remote_channels": remote_channels,
+        "pulled": pulled,
         "lineage": lineage,
         "adaptation": adaptation(components, manifest.annotations),
         "components": components,
+    }
+
+
+def pull_record(conn: Any, digest: str) -> dict[str, Any] | None:
+    """How the bundle row got here, if a pull made it: None for a bundle added here.
+
+    From the `pull` audit event written with the row (registry.remotes.sync.pull_event),
+    the one after the newest `tag` event of the digest (a row removed and added again is
+    not "pulled" by an older pull): {"remote", "at", "by", "display", "signer",
+    "creation_from_remote"}. `at` and `by` are the pull's own time and authenticated actor;
+    `creation_from_remote` says whether the row's created_at/created_by are the remote's
+    (unverified, display-only) record, or the pull's own because the remote kept none."""
+    tag = conn.execute(
+        "SELECT MAX(seq) FROM event WHERE action = 'tag' AND subject = :d", {"d": digest}
+    ).scalar()
+    ev = conn.execute(
+        "SELECT actor, display, signer, created_at, detail FROM event WHERE action = 'pull'"
+        " AND subject = :d AND seq > :s ORDER BY seq LIMIT 1",
+        {"d": digest, "s": tag or 0},
+    ).first()
+    if ev is None:
+        return None
+    try:
+        detail = json.loads(ev.detail or "{}")
+    except ValueError:
+        detail = {}
+    if not isinstance(detail, dict):
+        detail = {}
+    return {
+        "remote": detail.get("remote"),
+        "at": ev.created_at,
+        "by": ev.actor,
+        "display": ev.display or None,
+        "signer": ev.signer,
+        "creation_from_remote": bool(detail.get("creation")),
     }
 
 

@@ -7,6 +7,16 @@
     DIR/dataset/, DIR/config/                            dataset and training config
     DIR/registry/bundle.json, registry/<kind>.json       the manifests, for provenance
     DIR/registry/model.sig                               the newest `registry sign` signature
+    DIR/registry/files/adapter/adapter_config.json       the stored adapter_config.json, when
+                                                         the published one differs (below)
+
+`adapter_config.json` names the bundle's base identity (`base_identity`): the Hub repo id
+(and pinned `revision`) of an external base, else the base's name (the adapter's own name
+for it unless that is a local path, else "base"), never a path of the machine that added
+the bundle. The stored blob is immutable, so the file is rewritten on the way out (here
+and by the Hub push, `published_adapter_config`); the plan, and so a `registry sign`
+signature, covers the bytes written. A gate's private copy (`publish=False`) keeps the
+stored bytes: adapter-compat checks what the adapter itself says.
 
 For a full fine-tune (no adapter) the model files go at the top level instead of base/,
 so AutoModelForCausalLM.from_pretrained(DIR) loads it. Every byte is re-hashed as it is
@@ -15,6 +25,7 @@ copied out; the directory must be new or empty.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -25,6 +36,8 @@ from registry.paths import join_inside
 from registry.repo import Registry
 
 MAX_EXPORT_FILES = 100_000
+ADAPTER_CONFIG = "adapter_config.json"
+ORIGINAL_ADAPTER_CONFIG = "registry/files/adapter/adapter_config.json"
 
 
 def layout(components: dict[str, ComponentManifest]) -> dict[str, str]:
@@ -89,13 +102,87 @@ def plan(
     bundle_size: int,
     bundle: BundleManifest,
     components: dict[str, ComponentManifest],
+    published: dict[str, bytes] | None = None,
 ) -> dict[str, tuple[str, int]]:
     """Every file `export` writes: relpath -> (blob digest, size). Pure: reads nothing.
 
+    `published` is `published_files` of the bundle (the rewritten adapter_config.json).
     What `registry sign` signs, in model-signing's layout, without exporting."""
+    from registry.digest import sha256_bytes
+
     out = {rel: (d, s) for rel, (d, s, _kind) in component_files(components).items()}
     out.update(metadata_files(bundle_digest, bundle_size, bundle))  # written last: they win
+    for rel, data in (published or {}).items():
+        out[rel] = (sha256_bytes(data), len(data))
     return out
+
+
+def _looks_like_path(name: str) -> bool:
+    return (
+        name.startswith(("/", "~", ".", "\\"))
+        or "\\" in name
+        or (len(name) > 1 and name[1] == ":")  # C:\...
+    )
+
+
+def base_identity(components: dict[str, ComponentManifest]) -> tuple[str, str | None] | None:
+    """What adapter_config.json should call the base: (name, pinned revision or None).
+
+    An external base: its Hub repo id and commit. A local one: the adapter's own name for
+    it unless that is a local path (a machine's directory), else "base" (where export and
+    `push --include-base` put it). None when the bundle has no base or no adapter."""
+    base, adapter = components.get("base_model"), components.get("adapter")
+    if base is None or adapter is None:
+        return None
+    if base.external and base.source and base.source.startswith("hf://"):
+        repo, _, commit = base.source[len("hf://") :].partition("@")
+        return repo, commit or None
+    name = adapter.meta.get("base_model_name_or_path")
+    if isinstance(name, str) and name.strip() and not _looks_like_path(name.strip()):
+        return name, None
+    return "base", None
+
+
+def published_adapter_config(original: bytes, identity: tuple[str, str | None]) -> bytes:
+    """adapter_config.json naming the base by `identity`: the original bytes when they
+    already do, else the same JSON with `base_model_name_or_path` (and `revision`) set."""
+    import json
+
+    try:
+        cfg = json.loads(original)
+    except (ValueError, UnicodeDecodeError):
+        return original
+    if not isinstance(cfg, dict):
+        return original
+    name, revision = identity
+    if cfg.get("base_model_name_or_path") == name and (
+        revision is None or cfg.get("revision") == revision
+    ):
+        return original
+    cfg["base_model_name_or_path"] = name
+    if revision is not None:
+        cfg["revision"] = revision
+    return (json.dumps(cfg, indent=2) + "\n").encode()
+
+
+def published_files(
+    components: dict[str, ComponentManifest], read: Callable[[str], bytes]
+) -> dict[str, bytes]:
+    """Export paths whose bytes are not a stored blob: the rewritten adapter_config.json
+    and, beside the manifests, the stored original (empty when nothing is rewritten).
+    `read(digest)` returns a verified blob."""
+    identity = base_identity(components)
+    adapter = components.get("adapter")
+    if identity is None or adapter is None:
+        return {}
+    f = next((f for f in adapter.files if f.path == ADAPTER_CONFIG), None)
+    if f is None:
+        return {}
+    original = read(f.digest)
+    published = published_adapter_config(original, identity)
+    if published == original:
+        return {}
+    return {ADAPTER_CONFIG: published, ORIGINAL_ADAPTER_CONFIG: original}
 
 
 def check_layout(files: dict[str, Any], dest: Path) -> None:
@@ -122,21 +209,31 @@ def check_layout(files: dict[str, Any], dest: Path) -> None:
         )
 
 
-def load_plan(reg: Registry, bundle_digest: str) -> dict[str, tuple[str, int]]:
-    """The export plan of a stored bundle (its manifests are read and verified)."""
+def load_plan(
+    reg: Registry, bundle_digest: str, *, publish: bool = True
+) -> dict[str, tuple[str, int]]:
+    """The export plan of a stored bundle (its manifests are read and verified).
+
+    `publish=False`: the plan as it was before adapter_config.json was published with the
+    base identity (the stored bytes at the top), which signatures made then cover."""
     from registry.bundles import load_component
 
     data = reg.store.read_bytes(bundle_digest)
     bundle = BundleManifest.from_bytes(data)
     comps = {k: load_component(reg, d) for k, d in bundle.components.items()}
-    return plan(bundle_digest, len(data), bundle, comps)
+    published = published_files(comps, reg.store.read_bytes) if publish else None
+    return plan(bundle_digest, len(data), bundle, comps, published)
 
 
-def export(reg: Registry, ref: str, dest: Path, *, durable: bool = True) -> dict[str, Any]:
+def export(
+    reg: Registry, ref: str, dest: Path, *, durable: bool = True, publish: bool | None = None
+) -> dict[str, Any]:
     """Materialize REF into `dest` (new or empty), every file re-hashed on the way.
 
     `durable=False` skips each file's fsync: for throwaway copies such as a gate run's
-    private workdir (a user's export is fsync'd: it may be served from next)."""
+    private workdir (a user's export is fsync'd: it may be served from next).
+    `publish` (default: `durable`) writes adapter_config.json naming the base identity
+    (`published_files`); a gate's private copy keeps the stored bytes."""
     from registry.bundles import load_bundle, load_component
 
     with reg.db.read() as conn:
@@ -148,19 +245,32 @@ def export(reg: Registry, ref: str, dest: Path, *, durable: bool = True) -> dict
     comps = {k: load_component(reg, d) for k, d in bundle.components.items()}
     prefixes = layout(comps)
     files = component_files(comps)
+    published = (
+        published_files(comps, reg.store.read_bytes)
+        if (durable if publish is None else publish)
+        else {}
+    )
     check_layout(files, dest)
     dest.mkdir(parents=True, exist_ok=True)
     total = 0
     for rel, (digest, size, _kind) in sorted(files.items()):
+        if rel in published:
+            continue
         reg.store.copy_out(digest, size, join_inside(dest, rel), durable=durable)
         total += size
     meta_dir = dest / "registry"
     meta_dir.mkdir(exist_ok=True)
-    (meta_dir / "bundle.json").write_bytes(reg.store.read_bytes(row["digest"]))
+    _write(meta_dir / "bundle.json", reg.store.read_bytes(row["digest"]), durable)
     for kind, desc in bundle.components.items():
-        (meta_dir / f"{kind}.json").write_bytes(reg.store.read_bytes(desc.digest))
+        _write(meta_dir / f"{kind}.json", reg.store.read_bytes(desc.digest), durable)
+    for rel, data in sorted(published.items()):  # same bytes as the plan signs
+        target = join_inside(dest, rel)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _write(target, data, durable)
+        total += len(data) if rel == ADAPTER_CONFIG else 0
     if signature is not None:  # byte for byte the stored model-signing bundle
-        join_inside(dest, SIGNATURE_PATH).write_bytes(reg.store.read_bytes(signature["digest"]))
+        sig = reg.store.read_bytes(signature["digest"])
+        _write(join_inside(dest, SIGNATURE_PATH), sig, durable)
     external = comps.get("base_model")
     return {
         "digest": row["digest"],
@@ -172,6 +282,18 @@ def export(reg: Registry, ref: str, dest: Path, *, durable: bool = True) -> dict
         else (str(dest / prefixes["base_model"]) if "base_model" in comps else None),
         "signed_by": signature["signer"] if signature is not None else None,
     }
+
+
+def _write(path: Path, data: bytes, durable: bool) -> None:
+    """A small file of the export (manifests, the published adapter config, the signature),
+    fsync'd like the blobs copied out when the export is durable."""
+    import os
+
+    with open(path, "wb") as f:
+        f.write(data)
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def newest_signature(conn: Any, bundle_digest: str) -> dict[str, str] | None:

@@ -52,6 +52,16 @@ def render_show(info: dict[str, Any]) -> str:
     ]
     if info.get("remote_channels"):
         lines.insert(4, f"  remote    {', '.join(info['remote_channels'])} (read-only tracking)")
+    pulled = info.get("pulled")
+    if pulled:  # the creation is the remote's claim (display only), or the pull's own time
+        remote = pulled.get("remote")
+        src = f"remote {remote}" if remote else "its remote"
+        lines[1] += (
+            f" (as {src} records it)"
+            if pulled["creation_from_remote"]
+            else f" (the pull: {src} keeps no creation record)"
+        )
+        lines.insert(2, f"  pulled    {pulled['at']} by {pulled['by']} from {remote or 'a remote'}")
     if info["lineage"]:
         chain = " <- ".join(p["tag"] or p["digest"][:19] for p in info["lineage"])
         lines.append(f"  lineage   {chain}")

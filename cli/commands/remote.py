@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.context import JsonOpt, actor_or_default, open_registry
+from cli.context import JsonOpt, RegistryGroup, actor_or_default, open_registry
 from registry.output import echo, emit_json, human_size, table
 
 RemoteOpt = Annotated[
@@ -20,6 +20,7 @@ RemoteOpt = Annotated[
 remote_app = typer.Typer(
     help="Remotes: S3 (or any S3-compatible store) and the Hugging Face Hub.",
     no_args_is_help=True,
+    cls=RegistryGroup,
 )
 
 
@@ -48,6 +49,7 @@ def remote_add(
     private: Annotated[
         bool, typer.Option("--private", help="Create the Hub repo private (hf:// only).")
     ] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Add a remote. Credentials are never stored: S3 uses the AWS chain, the Hub HF_TOKEN."""
     from registry.remotes.base import add_remote
@@ -60,7 +62,10 @@ def remote_add(
         )  # fmt: skip
     finally:
         reg.close()
-    echo(f"added remote {spec.name} {spec.url}")
+    if json_out:
+        emit_json(spec.to_dict())
+    else:
+        echo(f"added remote {spec.name} {spec.url}")
 
 
 @remote_app.command("ls")
@@ -86,7 +91,9 @@ def remote_ls(json_out: JsonOpt = False) -> None:
 
 
 @remote_app.command("rm")
-def remote_rm(name: Annotated[str, typer.Argument(help="Remote to forget.")]) -> None:
+def remote_rm(
+    name: Annotated[str, typer.Argument(help="Remote to forget.")], json_out: JsonOpt = False
+) -> None:
     """Forget a remote and its remote-tracking views (nothing on the remote is deleted)."""
     from registry.remotes.base import remove_remote
 
@@ -95,7 +102,10 @@ def remote_rm(name: Annotated[str, typer.Argument(help="Remote to forget.")]) ->
         remove_remote(reg, name)
     finally:
         reg.close()
-    echo(f"removed remote {name}")
+    if json_out:
+        emit_json({"removed": name})
+    else:
+        echo(f"removed remote {name}")
 
 
 def push(
@@ -109,20 +119,39 @@ def push(
             " An S3 remote always holds the whole bundle.",
         ),
     ] = False,
+    main: Annotated[
+        str | None,
+        typer.Option(
+            "--main",
+            metavar="CHANNEL",
+            help="Hub: the channel whose bundle the repo's main branch shows"
+            " (default: production; the bundle pushed while there is none).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Upload a bundle (and, for NAME:CHANNEL, the channel's position): only what the remote
     lacks, blobs before manifests before refs. Versions never move on a remote; channels do."""
+    from registry.errors import UsageError
     from registry.output import file_progress
     from registry.remotes.base import open_remote
+    from registry.remotes.hf import HubRemote
 
     reg = _open()
     try:
         target = open_remote(reg, remote)
+        if main is not None and not isinstance(target, HubRemote):
+            raise UsageError("--main applies to hf:// remotes only", "Drop --main.")
         with file_progress(not json_out) as progress:
-            res = target.push(
-                reg, ref, include_base=include_base, actor=_actor(), progress=progress
-            )
+            if isinstance(target, HubRemote):
+                res = target.push(
+                    reg, ref, include_base=include_base, actor=_actor(), progress=progress,
+                    main=main,
+                )  # fmt: skip
+            else:
+                res = target.push(
+                    reg, ref, include_base=include_base, actor=_actor(), progress=progress
+                )
     finally:
         reg.close()
     if json_out:

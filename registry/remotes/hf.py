@@ -1,6 +1,7 @@
 """The Hugging Face Hub remote: a pushed bundle is an ordinary PEFT model repo.
 
-Repo layout (one bundle name per repo; `main` holds the bundle pushed last):
+Repo layout (one bundle name per repo; `main` shows the bundle of the channel it follows:
+production, or `push --main CHANNEL`; the bundle pushed last while there is no production):
 
     adapter_config.json, adapter_model.safetensors   the adapter (PeftModel.from_pretrained)
     tokenizer.json, tokenizer_config.json, ...       the tokenizer (AutoTokenizer)
@@ -11,6 +12,7 @@ Repo layout (one bundle name per repo; `main` holds the bundle pushed last):
     base/...                                         the base model, only with --include-base
     registry/bundle.json, registry/components/K.json the exact manifest bytes
     registry/gate-runs.json, registry/evidence/*     gate-run records and their evidence
+    registry/created.json                            when and by whom the bundle was created
     registry/attestations/<bundle hex>/<hex>.json    signed gate-run attestations (DSSE)
     registry/signatures/<bundle hex>/<key hex>.sig   `registry sign` signatures (model-signing)
     registry/keys/<key hex>.pub                      the signers' public keys (PEM)
@@ -20,14 +22,16 @@ Repo layout (one bundle name per repo; `main` holds the bundle pushed last):
                                                      tokenizer's own chat template, the
                                                      original adapter_config.json)
 
-A git tag per version (`v3`) points at the commit holding that bundle; channels live in
+A git tag per version (`v3`) points at the commit holding that bundle (on main, or on a
+short-lived side branch when main is to show another channel's bundle); channels live in
 `registry/channels.json` (in the same commit as the files, so they move atomically).
 Attestations, signatures and keys are kept on main for every bundle the repo holds (a
 push adds its bundle's and never removes another's); a pull reads them from main, checks
 each (digest, signature) and records those that hold (registry.remotes.sync.import_trust).
-An external base (`hf://org/name@commit`) is referenced, not uploaded: the published
-`adapter_config.json` names it (`base_model_name_or_path`, `revision`) and the card links
-it; the original bytes stay under registry/files/ so pull can re-verify every digest.
+An external base (`hf://org/name@commit`) is referenced, not uploaded. The published
+`adapter_config.json` always names the base identity (registry.export.base_identity: the
+repo id and `revision`, or a local base's name), never a local path; the stored bytes stay
+under registry/files/ so pull can re-verify every digest.
 
 One commit per push, with `parent_commit` set to the head it was computed from, so two
 pushers cannot overwrite each other silently (the Hub answers 412). Pull reads the
@@ -64,6 +68,7 @@ from registry.remotes.base import ProgressFactory, PullResult, PushResult, Remot
 from registry.remotes.hub_card import model_card
 from registry.remotes.sync import (
     MAX_ATTESTATION,
+    MAX_CREATION_RECORD,
     MAX_PUBLIC_KEY,
     MAX_SIGNATURE,
     BundleBlobs,
@@ -72,6 +77,7 @@ from registry.remotes.sync import (
     TrustRecords,
     adopt_file,
     check_local_blobs,
+    creation_record,
     hex_name,
     import_bundle,
     import_trust,
@@ -81,6 +87,7 @@ from registry.remotes.sync import (
     local_trust,
     missing_blobs,
     note_kept_blobs,
+    parse_creation,
     parse_remote_bundle,
     pick,
     remote_channel_ref,
@@ -129,14 +136,23 @@ def layout(bundle: BundleBlobs) -> dict[tuple[str, str], str]:
     return out
 
 
+def manifests(bundle: BundleBlobs) -> dict[str, Any]:
+    """kind -> ComponentManifest of a bundle."""
+    return {k: c.manifest for k, c in bundle.components.items()}
+
+
 def rewrites_adapter_config(bundle: BundleBlobs) -> bool:
-    """The published adapter_config.json names the base on the Hub (external bases only)."""
-    base, adapter = bundle.components.get("base_model"), bundle.components.get("adapter")
+    """The top-level adapter_config.json is the published one, naming the base identity
+    (registry.export.published_adapter_config); the stored one is kept under
+    registry/files/adapter/. Decided from the manifests alone (push and pull agree), so it
+    holds even where the published bytes equal the stored ones."""
+    from registry.export import ADAPTER_CONFIG, base_identity
+
+    adapter = bundle.components.get("adapter")
     return (
-        base is not None
-        and base.manifest.external
-        and adapter is not None
-        and any(f.path == "adapter_config.json" for f in adapter.manifest.files)
+        adapter is not None
+        and base_identity(manifests(bundle)) is not None
+        and any(f.path == ADAPTER_CONFIG for f in adapter.manifest.files)
     )
 
 
@@ -239,6 +255,18 @@ def parse_index(versions: bytes | None, channels: bytes | None, where: str) -> I
     return idx
 
 
+def _blob_paths(bundle: BundleBlobs, include_base: bool) -> dict[str, Blob]:
+    """repo path -> stored blob, for every component file a version's commit holds (the
+    base's only with `include_base`)."""
+    out: dict[str, Blob] = {}
+    for (kind, rel), path in layout(bundle).items():
+        if kind == "base_model" and not include_base:
+            continue
+        f = next(f for f in bundle.components[kind].manifest.files if f.path == rel)
+        out[path] = Blob(f.digest, f.size)
+    return out
+
+
 class HubRemote:
     """A registry remote on the Hugging Face Hub (or a Hub-compatible server: HF_ENDPOINT)."""
 
@@ -271,10 +299,7 @@ class HubRemote:
         except RegistryError:
             raise
         except RepositoryNotFoundError as exc:
-            raise RemoteError(
-                f"{doing}: {where} does not exist or this token cannot see it",
-                "Check the repo id and HF_TOKEN (`hf auth whoami`); push creates the repo.",
-            ) from exc
+            raise self._not_found(doing) from exc
         except (RevisionNotFoundError, RemoteEntryNotFoundError) as exc:
             raise RemoteError(f"{doing}: {where}: {_first_line(exc)}") from exc
         except HfHubHTTPError as exc:
@@ -286,8 +311,10 @@ class HubRemote:
                 ) from exc
             if status in (401, 403):
                 raise RemoteError(
-                    f"{doing}: {where} refused the token ({status})",
-                    "Set HF_TOKEN to a token with write access (or `hf auth login`).",
+                    f"{doing}: {where} refused the credentials ({status}: the Hub token is"
+                    " invalid or may not do this)",
+                    "Set HF_TOKEN to a valid token with access to the repo (`hf auth whoami`"
+                    " checks it; `hf auth login` sets one).",
                 ) from exc
             raise RemoteError(f"{doing}: {where}: {_first_line(exc)}") from exc
         except Exception as exc:
@@ -301,6 +328,40 @@ class HubRemote:
                     " already has are not sent twice.",
                 ) from exc
             raise
+
+    def _not_found(self, doing: str) -> RemoteError:
+        """The Hub answers "repository not found" both for a repo that does not exist and
+        for a private one the caller may not see; say which of the three cases it is:
+        no token (unauthorized), a token the Hub refuses, or a valid token that sees no
+        such repo (it does not exist, or is private to others)."""
+        from huggingface_hub import get_token
+        from huggingface_hub.errors import HfHubHTTPError
+
+        where = f"hf://{self.repo_id}"
+        implicit_off = os.environ.get("HF_HUB_DISABLE_IMPLICIT_TOKEN", "").lower() in (
+            "1", "true", "yes", "on"
+        )  # fmt: skip
+        if get_token() is None or implicit_off:  # no token goes with the requests
+            return RemoteError(
+                f"{doing}: {where} is private or does not exist, and no Hub token is set"
+                " (unauthorized)",
+                "Set HF_TOKEN (or `hf auth login`) to a token that may read the repo.",
+            )
+        try:
+            self.api.whoami()
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            if status in (401, 403):
+                return RemoteError(
+                    f"{doing}: {where} refused the credentials (the Hub token is invalid)",
+                    "Set HF_TOKEN to a valid token (`hf auth whoami` checks it).",
+                )
+        except Exception:  # whoami itself failed: fall through to the plain answer
+            pass
+        return RemoteError(
+            f"{doing}: {where} does not exist (or is private and this token may not read it)",
+            "Check the repo id in `registry remote ls`; push creates the repo.",
+        )
 
     # --- reading the repo -------------------------------------------------------------
 
@@ -365,6 +426,8 @@ class HubRemote:
 
         with self.errors("list"), tempfile.TemporaryDirectory() as tmp:
             head, tags = self._refs()
+            if head is None:
+                raise self._not_found("list")
             idx = self._index(head, Path(tmp))
         out = []
         for vtag, entry in sorted(idx.versions.items(), key=_vkey, reverse=True):
@@ -388,9 +451,14 @@ class HubRemote:
         include_base: bool = False,
         actor: str,
         progress: ProgressFactory | None = None,
+        main: str | None = None,
     ) -> PushResult:
-        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-
+        """Upload the bundle (and for NAME:CHANNEL move the repo's channel). `main` names
+        the channel whose bundle the repo's main branch shows afterwards (default:
+        production; with no production yet, the bundle pushed). A new version that main
+        does not show is committed on a side branch and tagged there."""
+        if main is not None:
+            refs.parse(f"x:{main}")  # a channel name, as a reference would spell it
         t0 = time.perf_counter()
         parsed = refs.parse(ref)
         row, bundle = load_local(reg, ref)
@@ -406,10 +474,15 @@ class HubRemote:
         check_local_blobs(reg, bundle)
         result = PushResult(self.spec.name, bundle.digest, f"{name}:{vtag}", parsed.channel)
         _quiet_unless_terminal()
-        with self.errors(f"push {name}:{vtag}"), self._workdir(reg) as work:
+        with (
+            self.errors(f"push {name}:{vtag}"),
+            self._workdir(reg) as work,
+            contextlib.ExitStack() as stack,
+        ):
             self.api.create_repo(
                 self.repo_id, private=bool(self.spec.options.get("private")), exist_ok=True
             )
+            stack.enter_context(self._lfs_unless_xet())  # asks about the repo: after create
             head, tags = self._refs()
             idx = self._index(head, work)
             tree = self._tree(head) if head else {}
@@ -441,53 +514,55 @@ class HubRemote:
                 idx.channels[parsed.channel] = {"digest": bundle.digest, "version": version}
                 if before != bundle.digest:
                     result.refs.append(parsed.channel)
-            main_bundle = tree.get(f"{META}/bundle.json")
-            main_holds_us = main_bundle is not None and _same(main_bundle, bundle.data)
-            if tag_exists:
-                # A published version's files never change: keep them, refresh only the
-                # records (gate runs, card) if main holds it, and the index.
-                desired: dict[str, Any] = {p: KEEP for p in tree if p != ".gitattributes"}
-                if main_holds_us:
-                    has_base = any(p.startswith(PREFIX["base_model"]) for p in tree)
-                    desired.update(self._records(reg, bundle, row, has_base))
-                desired[f"{META}/versions.json"] = idx.versions_bytes()
-                desired[f"{META}/channels.json"] = idx.channels_bytes()
-            else:
-                desired = self._desired(reg, bundle, row, idx, include_base)
-            # Trust records of every bundle stay; this bundle's are added (or refreshed).
-            desired.update({p: KEEP for p in tree if p.startswith(TRUST_DIRS)})
-            desired.update(trust_files(bundle.digest, local_trust(reg, bundle.digest)))
-            ops: list[CommitOperationAdd | CommitOperationDelete] = []
-            sent, sent_blobs = 0, set[str]()
-            for path, content in sorted(desired.items()):
-                if content is KEEP or _same(tree.get(path), content, reg):
-                    continue
-                if path.startswith(f"{META}/attestations/"):
-                    result.gate_runs_sent += 1
-                elif path.startswith(f"{META}/signatures/"):
-                    result.signatures_sent += 1
-                if isinstance(content, bytes):
-                    ops.append(CommitOperationAdd(path, content))
-                    sent += len(content)
-                else:
-                    digest, size = content.digest, content.size
-                    if reason := reg.store.check(digest, size):
-                        raise IntegrityError(
-                            f"local blob {short(digest)} ({path}) is {reason}; not pushed",
-                            "Run `registry verify --all`, then pull the bundle again.",
-                        )
-                    op = CommitOperationAdd(path, str(reg.store.path(digest)))
-                    with contextlib.suppress(AttributeError):  # skip the client's re-hash
-                        op.upload_info._sha256 = bytes.fromhex(hex_of(digest))
-                    ops.append(op)
-                    if digest not in sent_blobs:
-                        sent_blobs.add(digest)
-                        sent += size
-            ops += [CommitOperationDelete(p) for p in sorted(set(tree) - set(desired))
-                    if p != ".gitattributes"]  # fmt: skip
-            result.blobs = len(bundle.file_blobs())
-            result.bytes_total = sum(bundle.file_blobs().values())
-            result.blobs_sent, result.bytes_sent = len(sent_blobs), sent
+            follow = main or "production"
+            target = idx.channels.get(follow, {}).get("digest")
+            if target is None:
+                if main is not None:
+                    raise UsageError(
+                        f"--main {main}: hf://{self.repo_id} has no {main} channel",
+                        f"Push {name}:{main} with --main {main}, or name a channel it has.",
+                    )
+                target = bundle.digest  # no production yet: main holds the newest push
+            main_data = self._read(f"{META}/bundle.json", head, work) if head else None
+            main_digest = sha256_bytes(main_data) if main_data is not None else None
+            # Trust records of every bundle stay on main; this bundle's are added.
+            trust = {p: KEEP for p in tree if p.startswith(TRUST_DIRS)}
+            trust.update(trust_files(bundle.digest, local_trust(reg, bundle.digest)))
+            index = {f"{META}/versions.json": idx.versions_bytes(),
+                     f"{META}/channels.json": idx.channels_bytes()}  # fmt: skip
+            sent_blobs: set[str] = set()
+            if not tag_exists and target != bundle.digest:
+                # The new version's commit, off main (main follows `follow`): on a branch
+                # from main's head, tagged, then the branch is deleted.
+                version = self._desired(reg, bundle, row, idx, include_base)
+                version.update(trust)
+                ops = self._ops(reg, version, tree, result, sent_blobs, count=False)
+                branch = f"registry-push-{uuid.uuid4().hex[:12]}"
+                self.api.create_branch(self.repo_id, branch=branch, revision=head)
+                try:
+                    info = self.api.create_commit(
+                        self.repo_id, ops, commit_message=f"{name}:{vtag} {bundle.digest}",
+                        commit_description=f"Pushed by {actor} with lora-registry.",
+                        revision=branch, parent_commit=head,
+                    )  # fmt: skip
+                    self._tag(vtag, info.oid, bundle.digest, work)
+                finally:
+                    with contextlib.suppress(Exception):
+                        self.api.delete_branch(self.repo_id, branch=branch)
+                result.refs.insert(0, vtag)
+                tag_exists = True
+            desired = self._main_content(
+                reg, bundle, row, idx, target, main_digest, tree, tags, include_base, work, result
+            )
+            desired.update(trust)
+            desired.update(index)
+            ops = self._ops(reg, desired, tree, result, sent_blobs, count=True)
+            # "sent N of M": M counts the stored blobs this version's commit holds (not an
+            # external base, nor a local one left off), N those uploaded; generated files
+            # (card, manifests, records) are counted in neither.
+            needed = {b.digest: b.size for b in _blob_paths(bundle, include_base).values()}
+            result.blobs, result.bytes_total = len(needed), sum(needed.values())
+            result.blobs_sent = len(sent_blobs)
             commit = head
             if ops:
                 info = self.api.create_commit(
@@ -510,6 +585,121 @@ class HubRemote:
             )
         result.seconds = time.perf_counter() - t0
         return result
+
+    def _ops(
+        self,
+        reg: Registry,
+        desired: dict[str, Any],
+        tree: dict[str, Any],
+        result: PushResult,
+        sent_blobs: set[str],
+        *,
+        count: bool,
+    ) -> Sequence[Any]:  # (`list` here is the method HubRemote.list)
+        """The commit operations that turn `tree` into `desired` (KEEP: left as it is).
+        Bytes sent are added to `result` (each blob once across commits); `count` adds the
+        trust records sent (only for the commit on main, so none is counted twice)."""
+        from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+        ops: Any = []
+        for path, content in sorted(desired.items()):
+            if content is KEEP or _same(tree.get(path), content, reg):
+                continue
+            if count and path.startswith(f"{META}/attestations/"):
+                result.gate_runs_sent += 1
+            elif count and path.startswith(f"{META}/signatures/"):
+                result.signatures_sent += 1
+            if isinstance(content, bytes):  # generated: not a blob of the summary
+                ops.append(CommitOperationAdd(path, content))
+                continue
+            digest, size = content.digest, content.size
+            if reason := reg.store.check(digest, size):
+                raise IntegrityError(
+                    f"local blob {short(digest)} ({path}) is {reason}; not pushed",
+                    "Run `registry verify --all`, then pull the bundle again.",
+                )
+            op = CommitOperationAdd(path, str(reg.store.path(digest)))
+            with contextlib.suppress(AttributeError):  # skip the client's re-hash
+                op.upload_info._sha256 = bytes.fromhex(hex_of(digest))
+            ops.append(op)
+            if digest not in sent_blobs:
+                sent_blobs.add(digest)
+                result.bytes_sent += size
+        ops += [CommitOperationDelete(p) for p in sorted(set(tree) - set(desired))
+                if p != ".gitattributes"]  # fmt: skip
+        return ops
+
+    def _main_content(
+        self,
+        reg: Registry,
+        bundle: BundleBlobs,
+        row: dict[str, Any],
+        idx: Index,
+        target: str,
+        main_digest: str | None,
+        tree: dict[str, Any],
+        tags: dict[str, str],
+        include_base: bool,
+        work: Path,
+        result: PushResult,
+    ) -> dict[str, Any]:
+        """What main holds after the push (index and trust records aside): the files of
+        bundle `target`. Kept as they are when main already shows it (its records are
+        refreshed if it is the bundle pushed); written from the local store otherwise."""
+        has_base = any(p.startswith(PREFIX["base_model"]) for p in tree)
+        if target == main_digest:
+            desired: dict[str, Any] = {p: KEEP for p in tree if p != ".gitattributes"}
+            if target == bundle.digest:
+                desired.update(self._records(reg, bundle, row, has_base))
+            return desired
+        if target == bundle.digest:
+            chosen, chosen_row = bundle, row
+        else:
+            try:
+                chosen_row, chosen = load_local(reg, f"{bundle.name}@{target}")
+            except RegistryError:
+                result.notes.append(
+                    f"main of hf://{self.repo_id} still shows {short(main_digest or '-')}:"
+                    f" this registry lacks {short(target)}, which it should show; pull it"
+                    " and push again"
+                )
+                return {p: KEEP for p in tree if p != ".gitattributes"}
+        vtag = next((t for t, e in idx.versions.items() if e["digest"] == target), None)
+        at_tag = self._tree(tags[vtag]) if vtag in tags else {}  # tags: before this push
+        with_base = (include_base and chosen is bundle) or any(
+            p.startswith(PREFIX["base_model"]) for p in at_tag
+        )
+        return self._desired(reg, chosen, chosen_row, idx, with_base)
+
+    @contextlib.contextmanager
+    def _lfs_unless_xet(self) -> Iterator[None]:
+        """Upload through git-LFS when the endpoint has no Xet storage.
+
+        huggingface_hub uploads through Xet whenever hf_xet is installed and has no
+        fallback when the server lacks it (its upload asks for a Xet write token, and a
+        Hub-compatible server without Xet answers 404). So ask for that token first; on a
+        404 turn Xet off (huggingface_hub's own HF_HUB_DISABLE_XET switch) for this push."""
+        from huggingface_hub import constants
+        from huggingface_hub.utils import get_session
+        from huggingface_hub.utils._runtime import is_xet_available
+
+        if not is_xet_available():
+            yield
+            return
+        url = f"{self.api.endpoint}/api/models/{self.repo_id}/xet-write-token/main"
+        try:
+            status = get_session().get(url, headers=self.api._build_hf_headers()).status_code
+        except Exception:  # unreachable: the push itself says so
+            status = None
+        if status not in (404, 405, 501):
+            yield
+            return
+        before = constants.HF_HUB_DISABLE_XET
+        constants.HF_HUB_DISABLE_XET = True
+        try:
+            yield
+        finally:
+            constants.HF_HUB_DISABLE_XET = before
 
     def _tag(self, vtag: str, commit: str | None, digest: str, work: Path) -> None:
         """Tag `commit` (None: main's head) as `vtag`, unless the same bundle already is."""
@@ -535,17 +725,15 @@ class HubRemote:
         include_base: bool,
     ) -> dict[str, Any]:
         """repo path -> bytes or a stored Blob: the whole repo content for this bundle."""
-        out: dict[str, Any] = {}
-        for (kind, rel), path in layout(bundle).items():
-            if kind == "base_model" and not include_base:
-                continue
-            f = next(f for f in bundle.components[kind].manifest.files if f.path == rel)
-            out[path] = Blob(f.digest, f.size)
+        out: dict[str, Any] = dict(_blob_paths(bundle, include_base))
         if rewrites_adapter_config(bundle):
+            from registry.export import base_identity, published_adapter_config
+
             digest = out[f"{META}/files/adapter/adapter_config.json"].digest
+            identity = base_identity(manifests(bundle))
+            assert identity is not None  # rewrites_adapter_config checked it
             out["adapter_config.json"] = published_adapter_config(
-                reg.store.read_bytes(digest),
-                *base_source(bundle),  # type: ignore[misc]
+                reg.store.read_bytes(digest), identity
             )
         out[f"{META}/bundle.json"] = bundle.data
         for kind, comp in bundle.components.items():
@@ -558,8 +746,8 @@ class HubRemote:
     def _records(
         self, reg: Registry, bundle: BundleBlobs, row: dict[str, Any], include_base: bool
     ) -> dict[str, bytes]:
-        """The gate-run records, their evidence and the model card."""
-        out: dict[str, bytes] = {}
+        """The gate-run records, their evidence, the creation record and the model card."""
+        out: dict[str, bytes] = {f"{META}/created.json": creation_record(row)}
         runs = gate_runs(reg, bundle.digest)
         out[f"{META}/gate-runs.json"] = _pretty(runs)
         for run in runs:
@@ -589,7 +777,7 @@ class HubRemote:
         ):
             head, tags = self._refs()
             if head is None:
-                raise RemoteError(f"hf://{self.repo_id} does not exist or is not visible")
+                raise self._not_found(f"pull {ref}")
             idx = self._index(head, work)
             entries = [
                 {"name": idx.name, "version": int(t[1:]), "tag": f"{idx.name}:{t}",
@@ -622,8 +810,17 @@ class HubRemote:
             )  # fmt: skip
             if need:
                 self._download(reg, bundle, need, commit, work)
+            try:  # who created it and when, as the remote records it (shown, never trusted)
+                created = self._read(f"{META}/created.json", commit, work, MAX_CREATION_RECORD)
+            except IntegrityError:
+                created = b"\0" * (MAX_CREATION_RECORD + 1)  # too large: parse_creation says so
+            creation, creation_note = parse_creation(created, bundle.digest, self.spec.name)
+            if creation_note:
+                result.notes.append(creation_note)
         store_manifests(reg, bundle)
-        imported = import_bundle(reg, bundle, entry["version"], actor)
+        imported = import_bundle(
+            reg, bundle, entry["version"], actor, remote=self.spec.name, creation=creation
+        )
         with self.errors(f"pull {ref}"), self._workdir(reg) as work:
             trust = self.pull_trust(reg, bundle.digest, actor, head, commit, work)
         result.gate_runs, result.signatures = trust.gate_runs, trust.signatures
@@ -724,11 +921,16 @@ class HubRemote:
         from huggingface_hub import hf_hub_download
 
         tree = self._tree(commit)
-        where: dict[str, str] = {}
+        where: dict[str, list[str]] = {}
         for (kind, rel), path in layout(bundle).items():
             f = next(f for f in bundle.components[kind].manifest.files if f.path == rel)
-            if f.digest in need and f.digest not in where and _holds(tree.get(path), f.size):
-                where[f.digest] = check_relpath(path)
+            if f.digest not in need:
+                continue
+            # A repo pushed before adapter_config.json was always published keeps the
+            # stored file at its usual place: tried second (every byte is re-hashed).
+            for candidate in dict.fromkeys((path, PREFIX[kind] + rel)):
+                if _holds(tree.get(candidate), f.size):
+                    where.setdefault(f.digest, []).append(check_relpath(candidate))
         if lacking := [d for d in need if d not in where]:
             kinds = sorted({k for k, c in bundle.components.items() for f in c.manifest.files
                             if f.digest in lacking})  # fmt: skip
@@ -747,9 +949,13 @@ class HubRemote:
         files_dir = work / "files"
 
         def one(digest: str) -> None:
-            local = hf_hub_download(
-                self.repo_id, where[digest], revision=commit, local_dir=files_dir
-            )
+            *others, last = where[digest]
+            for path in others:
+                local = hf_hub_download(self.repo_id, path, revision=commit, local_dir=files_dir)
+                with contextlib.suppress(IntegrityError):
+                    adopt_file(reg.store, Path(local), digest, need[digest])
+                    return
+            local = hf_hub_download(self.repo_id, last, revision=commit, local_dir=files_dir)
             adopt_file(reg.store, Path(local), digest, need[digest])
 
         with ThreadPoolExecutor(max_workers=8) as pool:
@@ -789,14 +995,6 @@ def _same(entry: Any, content: Any, reg: Registry | None = None) -> bool:
     if reg is None or size > MAX_META:
         return False
     return entry.blob_id == git_blob_oid(reg.store.read_bytes(digest))
-
-
-def published_adapter_config(original: bytes, repo: str, commit: str) -> bytes:
-    """adapter_config.json naming the external base on the Hub, pinned to its commit."""
-    cfg = json.loads(original)
-    cfg["base_model_name_or_path"] = repo
-    cfg["revision"] = commit
-    return (json.dumps(cfg, indent=2) + "\n").encode()
 
 
 def gate_runs(reg: Registry, digest: str) -> list[dict[str, Any]]:

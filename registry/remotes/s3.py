@@ -14,14 +14,19 @@ Layout under `s3://bucket/prefix/` (it mirrors the local store):
     attestations/<bundle hex>/<64 hex>
                                 one of the bundle's signed gate-run attestations, a blob
                                 (empty object: a listing of the prefix is the index)
+    created/<bundle hex>.json   {"format":1,"bundle":..,"created_at":..,"created_by":..}:
+                                when and by whom the bundle was created, written once by
+                                the first push; a pull keeps it for display only (sync.
+                                parse_creation), and remotes pushed to before it existed
+                                simply lack it
 
 Push writes blobs (the attestation and signature blobs among them), then component
-manifests, then the bundle manifest, then the keys, signatures and attestations entries,
-then the version ref, then the channel ref; each step starts only when the one before has
-completed, so an interrupted push never leaves a ref or an entry to missing data. Refs
-are written with conditional requests: a version with `If-None-Match: *` (versions never
-move), a channel with `If-Match: <etag it was read with>` (two pushers cannot overwrite
-each other silently).
+manifests, then the bundle manifest, then the creation record, the keys, signatures and
+attestations entries, then the version ref, then the channel ref; each step starts only
+when the one before has completed, so an interrupted push never leaves a ref or an entry
+to missing data. Refs are written with conditional requests: a version with
+`If-None-Match: *` (versions never move), a channel with `If-Match: <etag it was read
+with>` (two pushers cannot overwrite each other silently).
 
 Every blob is re-hashed while it uploads, and the request that makes the object exist
 (PutObject, or CompleteMultipartUpload after the parts) waits for that hash: a corrupt
@@ -31,6 +36,11 @@ checksums (the object's checksum is then composite, not our digest). Downloads s
 into a BlobSink that hashes, fsyncs and verifies before the blob enters the store.
 
 Credentials come only from the usual AWS chain (environment, profile, SSO, instance role).
+Every boto3/botocore failure is translated in one place (`S3Remote.errors`) into a
+RemoteError (exit 1) that says which failure it is: "cannot reach" (nothing answers),
+"bucket X does not exist", or "refused the credentials" (403: unknown key, bad signature,
+access denied). An existing bucket with no registry in it is not an error: it holds no
+bundles yet.
 """
 
 from __future__ import annotations
@@ -56,12 +66,15 @@ from registry.errors import (
 from registry.remotes.base import ProgressFactory, PullResult, PushResult, RemoteSpec
 from registry.remotes.sync import (
     MAX_ATTESTATION,
+    MAX_CREATION_RECORD,
     MAX_PUBLIC_KEY,
     MAX_SIGNATURE,
     BlobSink,
     BundleBlobs,
+    Creation,
     TrustRecords,
     check_local_blobs,
+    creation_record,
     fetch_side_blobs,
     hex_name,
     import_bundle,
@@ -73,6 +86,7 @@ from registry.remotes.sync import (
     local_trust,
     missing_blobs,
     note_kept_blobs,
+    parse_creation,
     parse_remote_bundle,
     pick,
     prefetch,
@@ -89,6 +103,19 @@ FORMAT = {"format": 1}
 FORMAT_KEY = "registry-remote.json"
 MAX_MANIFEST = 64 * MiB  # a manifest larger than this is refused before it is read
 MAX_REF = 1024
+# Error codes an S3 endpoint answers (with HTTP 403) when it refuses who is asking.
+REFUSED_CODES = (
+    "AccessDenied",
+    "403",
+    "Forbidden",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+    "AllAccessDisabled",
+    "AccountProblem",
+)
 HEAD_LIMIT = 16  # up to this many blobs: one HEAD each; more: one listing of blobs/
 STALE_UPLOAD_S = 24 * 3600  # incomplete multipart uploads older than this are aborted
 
@@ -216,9 +243,25 @@ class S3Remote:
     def ref_key(self, name: str, tag: str) -> str:
         return self.key(f"refs/{name}/{tag}")
 
+    def creation_key(self, digest: str) -> str:
+        return self.key(f"created/{hex_of(digest)}.json")
+
+    @property
+    def endpoint(self) -> str:
+        """Where requests go, in words: the --endpoint-url, else AWS S3 (and its region)."""
+        url = self.spec.options.get("endpoint_url")
+        if url:
+            return str(url)
+        region = self.spec.options.get("region")
+        return f"AWS S3 ({region})" if region else "AWS S3"
+
     @contextlib.contextmanager
     def errors(self, doing: str) -> Iterator[None]:
-        """Translate boto3/botocore failures into one-line RemoteErrors (one boundary)."""
+        """Translate boto3/botocore failures into one-line RemoteErrors (one boundary).
+
+        Each says which failure it is: no credentials found, "bucket X does not exist",
+        "... refused the credentials" (any 403), "cannot reach ..." (connection refused,
+        DNS, timeouts, a cut network); anything else names the endpoint's error code."""
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
@@ -241,32 +284,44 @@ class S3Remote:
         except ClientError as exc:
             err = exc.response.get("Error", {})
             code = err.get("Code", "?")
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if code == "NoSuchBucket":
                 raise RemoteError(
-                    f"{doing}: bucket {self.bucket} does not exist",
-                    "Create it first (e.g. `aws s3 mb s3://BUCKET`); the registry never"
-                    " creates buckets.",
+                    f"{doing}: bucket {self.bucket} does not exist on {self.endpoint}"
+                    f" (remote {self.spec.name})",
+                    f"Create it first (e.g. `aws s3 mb s3://{self.bucket}`; the registry never"
+                    " creates buckets), or fix the URL: `registry remote rm"
+                    f" {self.spec.name}`, then `registry remote add {self.spec.name}"
+                    " s3://BUCKET/PREFIX`.",
                 ) from exc
-            if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            if code in REFUSED_CODES or status == 403:
                 raise RemoteError(
-                    f"{doing}: access to {where} denied ({code})",
-                    "Check which credentials the AWS chain picks (`aws sts get-caller-identity`)"
-                    " and the bucket policy.",
+                    f"{doing}: {self.endpoint} refused the credentials for {where} ({code})",
+                    "Check which credentials the AWS chain picks (`aws sts get-caller-identity`:"
+                    " AWS_PROFILE, ~/.aws/credentials, AWS_ACCESS_KEY_ID) and that the bucket"
+                    " policy lets them read (and, to push, write) this prefix.",
                 ) from exc
             raise RemoteError(f"{doing}: {where}: {code}: {err.get('Message', '')}") from exc
         except (BotoCoreError, RetriesExceededError, OSError) as exc:
             raise RemoteError(
-                f"{doing}: cannot reach {where}: {exc}",
-                "Nothing half-done is visible on either side: run the same command again"
+                f"{doing}: cannot reach {self.endpoint} for {where}: {exc}",
+                "Check the network and the remote's --endpoint-url (`registry remote ls`)."
+                " Nothing half-done is visible on either side: run the same command again"
                 " and it resumes where it stopped.",
             ) from exc
 
     def _is_code(self, exc: Exception, *codes: str) -> bool:
+        """Whether a ClientError has one of `codes` (an error code or an HTTP status).
+
+        A missing bucket also answers 404: it matches only when "NoSuchBucket" is asked
+        for, so "the object is absent" (404) never hides "the bucket is absent"."""
         from botocore.exceptions import ClientError
 
         if not isinstance(exc, ClientError):
             return False
         err = exc.response.get("Error", {})
+        if err.get("Code") == "NoSuchBucket":
+            return "NoSuchBucket" in codes
         status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
         return err.get("Code") in codes or status in codes
 
@@ -460,6 +515,8 @@ class S3Remote:
                     send[digest] = len(data)
             result.blobs_sent = len(send)
             result.bytes_sent = sum(send.values())
+            # Written once: the first push's record stands (a later one is refused, 412).
+            self._put_if(self.creation_key(bundle.digest), creation_record(row), IfNoneMatch="*")
             self.put_trust(bundle.digest, trust, result)  # after the blobs they name
             if existing is None:
                 meta = {"size": str(bundle.stored_size)}
@@ -681,7 +738,12 @@ class S3Remote:
             self.download_blobs(reg, need, progress, f"pull {result.remote_tag}")
             store_manifests(reg, bundle)
             trust_in = self.fetch_trust(bundle.digest)  # all network, before any row
-            imported = import_bundle(reg, bundle, entry["version"], actor)
+            creation, creation_note = self.fetch_creation(bundle.digest)
+            if creation_note:
+                result.notes.append(creation_note)
+            imported = import_bundle(
+                reg, bundle, entry["version"], actor, remote=self.spec.name, creation=creation
+            )
             # Before the side blobs: the evidence of pulled gate runs comes along with them.
             trust = import_trust(reg, actor, bundle.digest, self.spec.name, **trust_in)
             lacking = fetch_side_blobs(reg, bundle.digest, self._fetch_side)
@@ -734,6 +796,15 @@ class S3Remote:
             return got[0] if got else None
 
         return prefetch(attestations, signatures, public_key)
+
+    def fetch_creation(self, bundle_digest: str) -> tuple[Creation | None, str | None]:
+        """The remote's creation record of the bundle, checked (sync.parse_creation):
+        (Creation or None, note). Absent on remotes pushed to before records existed."""
+        try:
+            got = self._get_small(self.creation_key(bundle_digest), MAX_CREATION_RECORD)
+        except IntegrityError as exc:  # larger than the limit: refused unread
+            return None, f"the creation record on {self.spec.name} refused: {exc}; ignored"
+        return parse_creation(got[0] if got else None, bundle_digest, self.spec.name)
 
     def _blob_loader(self, digest: str, limit: int) -> Any:
         def load() -> bytes | None:

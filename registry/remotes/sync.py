@@ -16,6 +16,7 @@ import errno
 import functools
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -576,6 +577,90 @@ def _signer_key(reg: Registry, key_id: str, fetch: Callable[[str], bytes | None]
     return public
 
 
+# --- who created a bundle, and when: a record that travels with it ------------------------
+
+MAX_CREATION_RECORD = 4096
+"""The largest creation record a pull reads (a few dozen bytes are written)."""
+CREATION_FORMAT = 1
+MAX_CREATOR = 128  # the bundle.created_by column (VARCHAR(128))
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+
+
+@dataclass(frozen=True)
+class Creation:
+    """When and by whom a bundle was created, as a remote's creation record says.
+
+    A remote is untrusted: these values are a claim, shown by `registry show` and `ls`,
+    never an identity anything is allowed or refused on (the puller is the authenticated
+    actor of the pull's audit event)."""
+
+    created_at: str  # ISO-8601 UTC, as registry.db.now() writes it
+    created_by: str
+
+
+def creation_record(row: dict[str, Any]) -> bytes:
+    """The creation record a push uploads beside a bundle: its digest, when and by whom
+    it was created (from the local bundle row, itself pulled from elsewhere or not)."""
+    from registry.digest import canonical_json
+
+    return canonical_json(
+        {
+            "format": CREATION_FORMAT,
+            "bundle": row["digest"],
+            "created_at": row["created_at"],
+            "created_by": row["created_by"],
+        }
+    )
+
+
+def parse_creation(
+    data: bytes | None, bundle_digest: str, where: str
+) -> tuple[Creation | None, str | None]:
+    """A remote's creation record, checked as the untrusted input it is: (creation, note).
+
+    No record (a remote pushed to before records existed): (None, None), and the pull
+    records its own time and puller as the creation. A record that is too large, is not
+    JSON, names another bundle, or holds a creator or time that is not a short printable
+    string of the expected form: (None, note saying why), handled the same way."""
+    from registry.untrusted import load_json
+
+    if data is None:
+        return None, None
+    what = f"the creation record of {short(bundle_digest)} on {where}"
+    try:
+        value = load_json(data, what, max_bytes=MAX_CREATION_RECORD, max_depth=2, max_items=64)
+    except InvalidInputError as exc:
+        return None, f"{_first(exc)}; ignored"
+    problem = _creation_problem(value, bundle_digest)
+    if problem is not None:
+        return None, f"{what} {problem}; ignored"
+    return Creation(value["created_at"], value["created_by"]), None
+
+
+def _creation_problem(value: Any, bundle_digest: str) -> str | None:
+    """Why a parsed creation record is unusable, None if it is fine."""
+    import datetime as dt
+
+    if not isinstance(value, dict):
+        return "is not a JSON object"
+    if value.get("format") != CREATION_FORMAT:
+        return f"has format {str(value.get('format'))[:20]!r}, not {CREATION_FORMAT}"
+    if value.get("bundle") != bundle_digest:
+        return "names another bundle"
+    at, by = value.get("created_at"), value.get("created_by")
+    if not isinstance(at, str) or not _TIMESTAMP.match(at):
+        return "has no created_at of the form 2026-01-31T12:00:00.000000Z"
+    try:
+        dt.datetime.strptime(at[:19], "%Y-%m-%dT%H:%M:%S")
+    except ValueError:
+        return "has a created_at that is not a date and time"
+    if not isinstance(by, str) or not 1 <= len(by) <= MAX_CREATOR:
+        return f"has no created_by of 1 to {MAX_CREATOR} characters"
+    if not by.isprintable() or by != by.strip():
+        return "has a created_by with control, formatting or surrounding space characters"
+    return None
+
+
 # --- importing rows -----------------------------------------------------------------------
 
 
@@ -605,11 +690,21 @@ def valid_version(version: object) -> bool:
 
 
 def import_bundle(
-    reg: Registry, bundle: BundleBlobs, remote_version: int | None, actor: str | Identity
+    reg: Registry,
+    bundle: BundleBlobs,
+    remote_version: int | None,
+    actor: str | Identity,
+    *,
+    remote: str | None = None,
+    creation: Creation | None = None,
 ) -> Imported:
     """Insert the bundle's rows, keeping the remote's version number when it is free here.
 
     Every blob must already be in the store: the row is what makes the bundle visible.
+    The row's created_at/created_by are the remote's `creation` record where it has one
+    (parse_creation), else the pull's own time and actor. In the same transaction as the
+    row, a `pull` audit event records who pulled it (the authenticated actor), when, from
+    which `remote`, and what the remote claimed about its creation.
     """
     for digest, size in bundle.file_blobs().items():
         if not reg.store.has(digest, size):
@@ -666,8 +761,8 @@ def import_bundle(
                         "v": version,
                         "p": bundle.manifest.parent,
                         "s": bundle.stored_size,
-                        "t": now(),
-                        "a": who.user,
+                        "t": creation.created_at if creation else now(),
+                        "a": creation.created_by if creation else who.user,
                     },
                 )
                 for kind, desc in bundle.manifest.components.items():
@@ -677,10 +772,35 @@ def import_bundle(
                         {"b": bundle.digest, "k": kind, "d": desc.digest, "s": desc.size},
                     )
                 tag_event(conn, who, name, version, bundle.digest)
+                pull_event(conn, who, name, version, bundle.digest, remote, creation)
                 return Imported(name, version, created=True, note=note)
         except DBIntegrityError:
             continue  # a concurrent add or pull took the number (PostgreSQL): look again
     raise IntegrityError(f"could not assign a version to {name} after 10 attempts")
+
+
+def pull_event(
+    conn: Any,
+    who: Identity,
+    name: str,
+    version: int,
+    digest: str,
+    remote: str | None,
+    creation: Creation | None,
+) -> None:
+    """The audit record of a pull that imported a bundle (in the import's transaction):
+    the actor and time are the puller's; `detail` keeps the remote and what it claimed
+    (creation: null where it kept no usable record). registry.bundles.pull_record reads it."""
+    from registry import audit
+
+    claimed = (
+        {"created_at": creation.created_at, "created_by": creation.created_by} if creation else None
+    )
+    audit.append(
+        conn, "pull", who=who, name=name, to_digest=digest, subject=digest,
+        detail={"remote": remote, "version": int(version), "creation": claimed},
+        reason=f"{name}:v{version} from {remote or 'a remote'}",
+    )  # fmt: skip
 
 
 def track_channel(reg: Registry, remote: str, name: str, channel: str, digest: str) -> bool:

@@ -303,3 +303,32 @@ def test_model_signing_is_not_imported_at_start_up(cli, reg_path, tiny, tmp_path
         proc = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True,
                               text=True, timeout=60, cwd=tmp_path)  # fmt: skip
         assert proc.stderr.rsplit("LOADED:", 1)[1] == "False", (args, proc.stderr)
+
+
+def test_signature_made_before_adapter_config_was_published_still_verifies(
+    cli, reg_path, tiny, tmp_path, monkeypatch
+) -> None:  # noqa: ANN001
+    # Signatures made before export rewrote adapter_config.json to name the base identity
+    # (docs/remotes.md) cover the stored bytes at the top; they stay valid for
+    # `registry verify`, and any other difference still fails.
+    from registry import export as export_mod
+
+    assert cli(*add_args(tiny)).code == 0
+    pub, key_id = keypair(cli, tmp_path / "old.pem")
+    with monkeypatch.context() as m:  # this project as it was: nothing rewritten
+        m.setattr(export_mod, "published_files", lambda comps, read: {})
+        assert cli("sign", "support-bot:v1", "--key", tmp_path / "old.pem").code == 0
+    from registry.bundles import list_bundles
+    from registry.repo import Registry
+
+    reg = Registry.open(reg_path)
+    digest = list_bundles(reg)[0]["digest"]
+    published, legacy = (
+        export_mod.load_plan(reg, digest),
+        export_mod.load_plan(reg, digest, publish=False),
+    )
+    reg.close()
+    assert published["adapter_config.json"] != legacy["adapter_config.json"]  # a real rewrite
+    ok = cli("verify", "support-bot:v1", "--signed-by", pub)
+    assert ok.code == 0, ok.err
+    assert f"signed by {key_id}: ok" in ok.out

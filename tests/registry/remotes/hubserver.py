@@ -16,13 +16,19 @@ client uses it (HF_HUB_DISABLE_XET=1, so files go through git-LFS, not Xet):
     POST   /lfs-objects/{repo}/{oid}/verify               LFS verify
     POST   /api/models/{repo}/commit/{rev}                NDJSON commit (parentCommit: 412)
     POST   /api/models/{repo}/tag/{rev}                   create_tag (409 if it exists)
+    POST   /api/models/{repo}/branch/{branch}             create_branch (startingPoint)
+    DELETE /api/models/{repo}/branch/{branch}             delete_branch (not main)
+    GET    /api/whoami-v2                                 whoami (401 without a valid token)
     DELETE /api/models/{repo}/tag/{tag}                   delete_tag
     HEAD   /{repo}/resolve/{rev}/{path}                   file metadata (X-Repo-Commit, ETag)
     GET    /{repo}/resolve/{rev}/{path}                   file content (Range supported)
 
 Errors carry the Hub's `X-Error-Code` (RepoNotFound, RevisionNotFound, EntryNotFound) so
 the client raises its usual exception types. A private repo answers 404 RepoNotFound
-unless the request carries the token the server was started with.
+unless the request carries the token the server was started with; a request carrying any
+other token is refused with 401, as the Hub refuses an invalid token. There is no Xet:
+`/api/models/{repo}/xet-write-token/{rev}` answers 404, as a Hub-compatible server without
+Xet storage does (`xet_write_token_requests` counts the asks).
 """
 
 from __future__ import annotations
@@ -106,6 +112,7 @@ class HubState:
         self.lock = threading.RLock()
         self.requests: list[tuple[str, str]] = []  # (method, path) of every request
         self.lfs_uploaded = 0  # bytes received through LFS uploads
+        self.xet_write_token_requests = 0
 
     def repo(self, repo_id: str) -> Repo:
         repo = self.repos.get(repo_id)
@@ -159,6 +166,22 @@ def create_app(state: HubState) -> Flask:
     def log() -> None:
         with state.lock:
             state.requests.append((request.method, request.path))
+            if "/xet-write-token/" in request.path:
+                state.xet_write_token_requests += 1
+        auth = request.headers.get("authorization")
+        if (
+            auth is not None
+            and not state.authorized()
+            and not request.path.startswith("/lfs-objects/")
+        ):
+            raise HubError(401, "Invalid credentials in Authorization header")
+
+    @app.get("/api/whoami-v2")
+    def whoami() -> Response:
+        if not state.authorized():
+            raise HubError(401, "Invalid user token.")
+        return js({"type": "user", "name": "user", "fullname": "Test User", "orgs": [],
+                   "auth": {"type": "access_token", "accessToken": {"role": "write"}}})  # fmt: skip
 
     @app.post("/api/repos/create")
     def create_repo() -> Response:
@@ -370,6 +393,27 @@ def create_app(state: HubState) -> Flask:
                 raise HubError(409, f"Tag {body['tag']} already exists")
             repo.tags[body["tag"]] = commit.oid
         return js({"name": body["tag"], "ref": f"refs/tags/{body['tag']}"})
+
+    @app.post("/api/models/<org>/<name>/branch/<path:branch>")
+    def create_branch(org: str, name: str, branch: str) -> Response:
+        body = request.get_json(silent=True) or {}
+        with state.lock:
+            repo = state.repo(f"{org}/{name}")
+            if branch in repo.branches:
+                raise HubError(409, f"Branch {branch} already exists")
+            start = state.resolve(repo, body.get("startingPoint") or "main")
+            repo.branches[branch] = start.oid
+        return js({})
+
+    @app.delete("/api/models/<org>/<name>/branch/<path:branch>")
+    def delete_branch(org: str, name: str, branch: str) -> Response:
+        with state.lock:
+            repo = state.repo(f"{org}/{name}")
+            if branch == "main":
+                raise HubError(403, "main cannot be deleted")
+            if repo.branches.pop(branch, None) is None:
+                raise HubError(404, f"Invalid rev id: {branch}", "RevisionNotFound")
+        return js({})
 
     @app.delete("/api/models/<org>/<name>/tag/<tag>")
     def delete_tag(org: str, name: str, tag: str) -> Response:

@@ -126,7 +126,13 @@ def test_push_publishes_a_peft_repo_that_transformers_and_pull_load(
         == (a / "blobs" / "sha256" / bundle["digest"][7:9] / bundle["digest"][7:]).read_bytes()
     )
     card = content(hub, "v1", "README.md").decode()
-    assert card.startswith("---\nlibrary_name: peft\n")
+    assert card.startswith("---\nlibrary_name: peft\n")  # a local base named by a path: none
+    # The adapter was added naming its base by this machine's path; the Hub copy does not.
+    assert str(tiny["base"]) in (tiny["adapter"] / "adapter_config.json").read_text()
+    published = json.loads(content(hub, "v1", "adapter_config.json"))
+    assert published["base_model_name_or_path"] == "base"
+    assert content(hub, "v1", "registry/files/adapter/adapter_config.json") == (
+        tiny["adapter"] / "adapter_config.json").read_bytes()  # fmt: skip
     assert bundle["digest"] in card and "| bundle |" in card and "| lineage |" in card
     assert "| dataset-audit | 1 | passed | dataset-audit passed | duplicate_rate=0 |" in card
     # each result with its interval, as `gates show` prints it
@@ -159,8 +165,16 @@ def test_push_publishes_a_peft_repo_that_transformers_and_pull_load(
     pulled = pull_json(b, "support-bot:v1")
     assert pulled["digest"] == bundle["digest"] and pulled["tag"] == "support-bot:v1"
     assert "ok" in cli_ok(b, "verify", "support-bot:v1")
+    # It keeps when and by whom it was created (registry/created.json), and says who pulled.
+    mine, theirs = (json.loads(cli_ok(r, "show", "support-bot:v1", "--json")) for r in (a, b))
+    assert "registry/created.json" in files
+    assert (theirs["created_at"], theirs["created_by"]) == (mine["created_at"], mine["created_by"])
+    assert theirs["pulled"]["remote"] == "hub" and theirs["pulled"]["creation_from_remote"]
+    assert mine["pulled"] is None
     cli_ok(b, "export", "support-bot:v1", b.parent / "out")
     out_dir = b.parent / "out"
+    assert (out_dir / "adapter_config.json").read_bytes() == content(
+        hub, "v1", "adapter_config.json")  # fmt: skip
     base = AutoModelForCausalLM.from_pretrained(out_dir / "base", dtype=torch.float32)
     model = PeftModel.from_pretrained(base, out_dir).eval()
     assert torch.allclose(logits(model, AutoTokenizer.from_pretrained(out_dir)), expected)
@@ -170,7 +184,7 @@ def test_push_publishes_a_peft_repo_that_transformers_and_pull_load(
     monkeypatch.delenv("HF_TOKEN")
     monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
     res = run_cli("pull", "support-bot:v1", "--remote", "hub", registry=b)
-    assert res.code == 1 and "does not exist or" in res.err and res.err.count("\n") == 1
+    assert res.code == 1 and "(unauthorized)" in res.err and res.err.count("\n") == 1
 
 
 def test_versions_tags_and_channels_on_the_hub(make_registry, tiny, hub) -> None:
@@ -215,11 +229,11 @@ def test_versions_tags_and_channels_on_the_hub(make_registry, tiny, hub) -> None
     assert view["digest"] == v2["digest"]
     assert run_cli("history", "support-bot:production", registry=b).code == 2
 
-    # An older version's channel move leaves main's files (v2) in place.
+    # main follows production: a rollback's push shows v1's files on main again.
     cli_ok(a, "rollback", "support-bot:production", "--reason", "incident")
     assert push_json(a, "support-bot:production", "--remote", "hub")["refs"] == ["production"]
-    assert json.loads(content(hub, "main", "registry/bundle.json"))["annotations"] == {
-        "note": "v2"}  # fmt: skip
+    assert json.loads(content(hub, "main", "registry/bundle.json"))["annotations"] == {}
+    assert "base/model.safetensors" in files_at(hub, "main")  # v1 was pushed with its base
     assert pull_json(b, "support-bot:production")["tag"] == "support-bot:v1"
 
     # Versions never move; one repo holds one bundle name.
@@ -275,8 +289,17 @@ def test_an_external_base_is_referenced_not_uploaded(make_registry, tiny, hub) -
     pulled = pull_json(b, "support-bot:v1")
     assert pulled["digest"] == bundle["digest"]
     assert "ok" in cli_ok(b, "verify", "support-bot:v1")
+    # It keeps when and by whom it was created (registry/created.json), and says who pulled.
+    mine, theirs = (json.loads(cli_ok(r, "show", "support-bot:v1", "--json")) for r in (a, b))
+    assert "registry/created.json" in files
+    assert (theirs["created_at"], theirs["created_by"]) == (mine["created_at"], mine["created_by"])
+    assert theirs["pulled"]["remote"] == "hub" and theirs["pulled"]["creation_from_remote"]
+    assert mine["pulled"] is None
     cli_ok(b, "export", "support-bot:v1", b.parent / "out")
-    assert (b.parent / "out" / "adapter_config.json").read_bytes() == (
+    # export publishes the same adapter_config.json as the Hub; the stored one beside it
+    out = b.parent / "out"
+    assert (out / "adapter_config.json").read_bytes() == content(hub, "v1", "adapter_config.json")
+    assert (out / "registry/files/adapter/adapter_config.json").read_bytes() == (
         tiny["adapter"] / "adapter_config.json"
     ).read_bytes()
 
@@ -415,3 +438,145 @@ def test_add_pins_a_hub_base_by_asking_the_hub(make_registry, tiny, hub) -> None
     res = run_cli(*args, registry=reg)
     assert res.code != 0 and res.err.startswith("error: ") and res.err.count("\n") == 1, res.err
     assert cli_ok(reg, "ls", "--json") == before
+
+
+def test_the_pushed_card_is_hub_metadata_with_eval_results(make_registry, tiny, hub) -> None:
+    """The card as the Hub serves it, read back with huggingface_hub's own parsers."""
+    from huggingface_hub import ModelCard, hf_hub_download, metadata_load
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    a = make_registry("a")
+    args = add_args(tiny)
+    args[args.index("--base") + 1] = str(tiny["base"])
+    cli_ok(a, *args, "--annotation", "license=Apache-2.0",
+           "--annotation", "datasets=acme/support-tickets,not a hub id")  # fmt: skip
+    record_gate_run(a, "support-bot:v1", "dataset-audit", "passed", duplicate_rate=0.0)
+    record_gate_run(a, "support-bot:v1", "target-eval", "failed", "+0.001 (95% bound >= -0.05)",
+                    delta=0.001)  # fmt: skip
+    record_gate_run(a, "support-bot:v1", "target-eval", "passed", "+0.012 (95% bound >= 0.004)",
+                    delta=0.012, lower=0.004, passed=True)  # fmt: skip
+    add_hub(a)
+    push_json(a, "support-bot:v1", "--remote", "hub")
+    path = hf_hub_download(REPO, "README.md", revision="v1")
+    meta = metadata_load(path)
+    assert meta is not None
+    assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
+    assert meta["license"] == "apache-2.0" and meta["datasets"] == ["acme/support-tickets"]
+    assert "base_model" not in meta  # the adapter named its base by a path: nothing to link
+    card = ModelCard.load(path)
+    assert card.data.license == "apache-2.0" and card.data.library_name == "peft"
+    name, results = model_index_to_eval_results(meta["model-index"])
+    assert name == "support-bot"
+    # the latest target-eval run only (the failed one is superseded); no non-eval gate
+    got = {(r.dataset_type, r.metric_type): r for r in results}
+    assert set(got) == {("target-eval", "delta"), ("target-eval", "lower")}
+    delta = got[("target-eval", "delta")]
+    assert delta.metric_value == 0.012 and delta.task_type == "text-generation"
+    assert delta.metric_name == "delta: +0.012 (95% bound >= 0.004)"  # the interval
+    assert card.data.eval_results is not None and len(card.data.eval_results) == 2
+    text = Path(path).read_text()
+    assert "| target-eval | 1 | failed (superseded) |" in text
+    assert "| license | apache-2.0 (from the bundle's license annotation) |" in text
+
+    # No license anywhere: `other`, named unknown, and the card says how to set one.
+    c = make_registry("c")
+    add_tiny(c, tiny, name="other-bot")
+    add_hub(c, "hub2", "my-org/other-bot")
+    push_json(c, "other-bot:v1", "--remote", "hub2")
+    meta = metadata_load(hf_hub_download("my-org/other-bot", "README.md", revision="v1"))
+    assert meta is not None and "model-index" not in meta
+    if meta["license"] != "other":  # the tiny dataset card may name one
+        assert meta["license"] and "license_name" not in meta
+    else:
+        assert meta["license_name"] == "unknown"
+
+
+def test_main_follows_the_channel_named(make_registry, tiny, hub, monkeypatch) -> None:
+    """Default: main shows production; `--main CHANNEL` another channel. Run with Xet
+    on in the client: the test Hub has none, so the push falls back to LFS by itself."""
+    import huggingface_hub.constants as hf_constants
+    from huggingface_hub.utils._runtime import is_xet_available
+
+    monkeypatch.delenv("HF_HUB_DISABLE_XET")
+    monkeypatch.setattr(hf_constants, "HF_HUB_DISABLE_XET", False)
+    assert is_xet_available()  # else this test proves nothing about the fallback
+    a = make_registry("a")
+    policy = a.parent / "policy.toml"
+    policy.write_text(POLICY + "[channels.staging]\nrequire = []\n")
+    cli_ok(a, "policy", "set", policy)
+    v1 = add_tiny(a, tiny)
+    v2 = add_tiny(a, tiny, "--annotation", "note=v2")
+    add_hub(a)
+    cli_ok(a, "promote", "support-bot:v1", "--to", "production")
+    cli_ok(a, "promote", "support-bot:v2", "--to", "staging")
+
+    def main_digest() -> str:
+        from registry.digest import sha256_bytes
+
+        return sha256_bytes(content(hub, "main", "registry/bundle.json"))
+
+    assert push_json(a, "support-bot:production", "--remote", "hub")["refs"] == [
+        "v1", "production"]  # fmt: skip
+    assert hub.state.xet_write_token_requests >= 1 and hub.state.lfs_uploaded > 0
+    assert hf_constants.HF_HUB_DISABLE_XET is False  # only for that push
+    # production then staging: main still shows production's bundle; v2 is tagged anyway
+    pushed = push_json(a, "support-bot:staging", "--remote", "hub", "--include-base")
+    assert pushed["refs"] == ["v2", "staging"]
+    assert main_digest() == v1["digest"]
+    v2_files = files_at(hub, "v2")
+    assert json.loads(hub.state.content(v2_files["registry/bundle.json"]))["annotations"] == {
+        "note": "v2"}  # fmt: skip
+    assert "adapter_model.safetensors" in v2_files
+    assert sorted(hub.state.repos[REPO].branches) == ["main"]  # the side branch is gone
+    channels = json.loads(content(hub, "main", "registry/channels.json"))["channels"]
+    assert {c: e["digest"] for c, e in channels.items()} == {
+        "production": v1["digest"], "staging": v2["digest"]}  # fmt: skip
+    b = make_registry("b")
+    add_hub(b)
+    assert pull_json(b, "support-bot:staging")["digest"] == v2["digest"]
+
+    # --main staging moves main to staging's bundle; the next default push moves it back.
+    push_json(a, "support-bot:staging", "--remote", "hub", "--main", "staging")
+    assert main_digest() == v2["digest"]
+    commits = len(hub.state.repos[REPO].commits)
+    push_json(a, "support-bot:staging", "--remote", "hub", "--main", "staging")
+    assert len(hub.state.repos[REPO].commits) == commits  # nothing to change: no commit
+    push_json(a, "support-bot:v2", "--remote", "hub")
+    assert main_digest() == v1["digest"]
+    res = run_cli("push", "support-bot:v2", "--remote", "hub", "--main", "canary", registry=a)
+    assert res.code == 2 and "has no canary channel" in res.err and res.err.count("\n") == 1
+
+
+def test_ls_remote_says_which_failure_it_is(make_registry, tiny, hub, monkeypatch) -> None:
+    """Unauthorized, refused, missing, unreachable: each says so (exit 1), never "empty"."""
+    import huggingface_hub.constants as hf_constants
+
+    from tests.registry.remotes.conftest import free_port
+
+    a = make_registry("a")
+    add_tiny(a, tiny)
+    add_hub(a, "hub", REPO, "--private")
+    add_hub(a, "missing", "my-org/never-pushed")
+    push_json(a, "support-bot:v1", "--remote", "hub")
+    assert "support-bot:v1" in cli_ok(a, "ls", "--remote", "hub")
+
+    res = run_cli("ls", "--remote", "missing", registry=a)
+    assert res.code == 1 and "hf://my-org/never-pushed does not exist" in res.err
+    assert "no bundles" not in res.err + res.out and res.err.count("\n") == 1
+
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong_token")
+    res = run_cli("ls", "--remote", "hub", registry=a)
+    assert res.code == 1 and "refused the credentials" in res.err, res.err
+    assert "hf_wrong_token" not in res.err and res.err.count("\n") == 1
+
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.setenv("HF_HUB_DISABLE_IMPLICIT_TOKEN", "1")
+    res = run_cli("ls", "--remote", "hub", registry=a)
+    assert res.code == 1 and "no Hub token is set (unauthorized)" in res.err, res.err
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("HF_ENDPOINT", dead)
+    monkeypatch.setattr(hf_constants, "ENDPOINT", dead)
+    res = run_cli("ls", "--remote", "hub", registry=a)
+    assert res.code == 1 and "cannot reach hf://my-org/support-bot" in res.err, res.err
+    assert res.err.count("\n") == 1

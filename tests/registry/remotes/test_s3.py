@@ -152,8 +152,10 @@ def test_push_then_pull_onto_an_empty_registry(
     assert s3.get("team/refs/support-bot/v1").decode() == bundle["digest"]
     assert f"team/blobs/sha256/{bundle['digest'][7:]}" in keys
     assert all(
-        k.startswith(("team/blobs/sha256/", "team/refs/", "team/registry-remote")) for k in keys
+        k.startswith(("team/blobs/sha256/", "team/refs/", "team/registry-remote", "team/created/"))
+        for k in keys
     )
+    assert f"team/created/{bundle['digest'][7:]}.json" in keys
     assert remote_consistency(s3, "team") == []
     again = push_json(a, "support-bot:v1")
     assert again["blobs_sent"] == 0 and again["refs"] == []
@@ -200,7 +202,7 @@ def test_second_bundle_sends_only_new_blobs_with_one_listing(
     assert res.digest == second["digest"] != first["digest"]
     assert res.blobs_sent == 1 and res.bytes_sent < 1000  # the new bundle manifest alone
     assert calls["ListObjectsV2"] == 1 and calls["HeadObject"] == 0, calls
-    assert calls["PutObject"] == 2  # the bundle manifest, then the v2 ref
+    assert calls["PutObject"] == 3  # the bundle manifest, its creation record, the v2 ref
     assert sorted(refs_on(s3)) == ["team/refs/support-bot/v1", "team/refs/support-bot/v2"]
 
 
@@ -627,3 +629,172 @@ def test_ls_remote_lists_versions_and_channels(make_registry, tiny, s3: S3Env) -
     text = cli_ok(a, "ls", "--remote", "origin")
     assert text.splitlines()[0].split() == ["TAG", "DIGEST", "SIZE", "CHANNELS"]
     assert "support-bot:v1" in text and bundle["digest"][:19] in text
+
+
+# --- who created a bundle, and who pulled it ------------------------------------------------
+
+
+def as_user(monkeypatch: pytest.MonkeyPatch, user: str) -> None:
+    """Run the next commands as OS user `user` (the local authenticated identity)."""
+    from registry import config
+
+    monkeypatch.setattr(config, "os_user", lambda: user)
+
+
+def show_json(reg: Path, ref: str) -> dict:
+    return json.loads(cli_ok(reg, "show", ref, "--json"))
+
+
+def events_of(reg: Path, digest: str) -> list[tuple[str, str]]:
+    """(action, actor) of the audit events about a bundle, oldest first."""
+    from registry.repo import Registry
+
+    r = Registry.open(reg)
+    try:
+        with r.db.read() as conn:
+            rows = conn.execute(
+                "SELECT action, actor FROM event WHERE subject = :d ORDER BY seq", {"d": digest}
+            ).all()
+    finally:
+        r.close()
+    return [(a, b) for a, b in rows]
+
+
+def test_pull_keeps_who_created_the_bundle_and_records_who_pulled_it(
+    make_registry, tiny, s3: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    as_user(monkeypatch, "alice")
+    a = make_registry("a")
+    bundle = add_tiny(a, tiny)
+    made = show_json(a, "support-bot:v1")
+    assert made["created_by"] == "alice" and made["pulled"] is None
+    add_remote(a, s3)
+    push_json(a, "support-bot:v1")
+    record = json.loads(s3.get(f"team/created/{bundle['digest'][7:]}.json"))
+    assert record == {"format": 1, "bundle": bundle["digest"],
+                      "created_at": made["created_at"], "created_by": "alice"}  # fmt: skip
+
+    as_user(monkeypatch, "bob")
+    b = make_registry("b")
+    add_remote(b, s3)
+    pulled = pull_json(b, "support-bot:v1")
+    assert pulled["created"] and pulled["notes"] == []
+    info = show_json(b, "support-bot:v1")
+    assert (info["created_at"], info["created_by"]) == (made["created_at"], "alice")
+    assert info["pulled"]["by"] == "bob" and info["pulled"]["remote"] == "origin"
+    assert info["pulled"]["at"] > made["created_at"] and info["pulled"]["creation_from_remote"]
+    text = cli_ok(b, "show", "support-bot:v1")
+    assert f"created   {made['created_at']} by alice (as remote origin records it)" in text
+    assert f"pulled    {info['pulled']['at']} by bob from origin" in text
+    assert bundle_rows(b)[0]["created_at"] == made["created_at"]  # `ls` shows it too
+    # The remote's creator is a claim for display: every event in b is bob's, and the
+    # chain (with the new `pull` event in it) verifies.
+    assert events_of(b, bundle["digest"]) == [("tag", "bob"), ("pull", "bob")]
+    assert run_cli("audit", "verify", registry=b).code == 0
+    # A second pull imports nothing and records nothing.
+    pull_json(b, "support-bot:v1")
+    assert events_of(b, bundle["digest"]) == [("tag", "bob"), ("pull", "bob")]
+
+    # b pushes it elsewhere: the record travels on; a re-push by b never rewrites it.
+    add_remote(b, s3, prefix="other", name="other")
+    push_json(b, "support-bot:v1", remote="other")
+    again = s3.get(f"other/created/{bundle['digest'][7:]}.json")
+    assert json.loads(again)["created_by"] == "alice"
+    as_user(monkeypatch, "carol")
+    c = make_registry("c")
+    add_remote(c, s3, prefix="other", name="other")
+    pull_json(c, "support-bot:v1", remote="other")
+    info_c = show_json(c, "support-bot:v1")
+    assert (info_c["created_by"], info_c["pulled"]["by"]) == ("alice", "carol")
+    assert info_c["created_at"] == made["created_at"]
+
+
+def test_a_remote_without_a_creation_record_gives_the_pull_as_creation(
+    make_registry, tiny, s3: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    as_user(monkeypatch, "alice")
+    a = make_registry("a")
+    bundle = add_tiny(a, tiny)
+    add_remote(a, s3)
+    push_json(a, "support-bot:v1")
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"team/created/{bundle['digest'][7:]}.json")
+    as_user(monkeypatch, "bob")
+    b = make_registry("b")
+    add_remote(b, s3)
+    assert pull_json(b, "support-bot:v1")["notes"] == []  # an older remote: no complaint
+    info = show_json(b, "support-bot:v1")
+    created_in_a = show_json(a, "support-bot:v1")["created_at"]
+    assert info["created_by"] == "bob" and created_in_a < info["created_at"] <= info["pulled"]["at"]
+    assert info["pulled"]["creation_from_remote"] is False
+    assert "(the pull: remote origin keeps no creation record)" in cli_ok(
+        b, "show", "support-bot:v1"
+    )
+    push_json(a, "support-bot:v1")  # a later push from a registry that has it fills it in
+    assert json.loads(s3.get(f"team/created/{bundle['digest'][7:]}.json"))["created_by"] == "alice"
+
+
+BAD_RECORDS = {
+    "too large": lambda d: b'{"pad":"' + b"x" * 5000 + b'"}',
+    "not JSON": lambda d: b"\xff\xfe{",
+    "a list": lambda d: b"[]",
+    "another bundle": lambda d: canonical_json(
+        {"format": 1, "bundle": "sha256:" + "0" * 64,
+         "created_at": "2026-01-01T00:00:00.000000Z", "created_by": "mallory"}),
+    "format 2": lambda d: canonical_json(
+        {"format": 2, "bundle": d, "created_at": "2026-01-01T00:00:00Z", "created_by": "m"}),
+    "terminal escape": lambda d: canonical_json(
+        {"format": 1, "bundle": d, "created_at": "2026-01-01T00:00:00Z",
+         "created_by": "\x1b[2Jroot"}),
+    "bidi override": lambda d: canonical_json(
+        {"format": 1, "bundle": d, "created_at": "2026-01-01T00:00:00Z",
+         "created_by": "eve\u202egnp.exe"}),
+    "long creator": lambda d: canonical_json(
+        {"format": 1, "bundle": d, "created_at": "2026-01-01T00:00:00Z", "created_by": "x" * 129}),
+    "number creator": lambda d: canonical_json(
+        {"format": 1, "bundle": d, "created_at": "2026-01-01T00:00:00Z", "created_by": 7}),
+    "free-text time": lambda d: canonical_json(
+        {"format": 1, "bundle": d, "created_at": "yesterday", "created_by": "m"}),
+    "impossible date": lambda d: canonical_json(
+        {"format": 1, "bundle": d, "created_at": "2026-13-45T99:00:00Z", "created_by": "m"}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(BAD_RECORDS))
+def test_each_malformed_creation_record_is_refused_with_a_reason(case: str) -> None:
+    from registry.remotes.sync import parse_creation
+
+    digest = "sha256:" + "ab" * 32
+    creation, note = parse_creation(BAD_RECORDS[case](digest), digest, "team")
+    assert creation is None and note is not None and "creation record" in note, case
+    assert note.isprintable() and len(note) < 300, note  # the bad bytes are not echoed raw
+
+
+def test_a_hostile_creation_record_is_ignored_with_a_note(
+    make_registry, tiny, s3: S3Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = make_registry("a")
+    bundle = add_tiny(a, tiny)
+    add_remote(a, s3)
+    push_json(a, "support-bot:v1")
+    key = f"team/created/{bundle['digest'][7:]}.json"
+    as_user(monkeypatch, "bob")
+    for case in ("too large", "terminal escape", "another bundle"):
+        s3.client.put_object(Bucket=s3.bucket, Key=key, Body=BAD_RECORDS[case](bundle["digest"]))
+        b = make_registry(f"b-{case.replace(' ', '-')}")
+        add_remote(b, s3)
+        res = run_cli("pull", "support-bot:v1", "--remote", "origin", "--json", registry=b)
+        assert res.code == 0, (case, res.err)
+        notes = json.loads(res.out)["notes"]
+        assert len(notes) == 1 and "creation record" in notes[0], (case, notes)
+        assert "\x1b" not in res.out + res.err, case
+        info = show_json(b, "support-bot:v1")
+        assert info["created_by"] == "bob" and not info["pulled"]["creation_from_remote"], case
+    # A well-formed record with a legal, odd creator is shown as the remote says.
+    good = {"format": 1, "bundle": bundle["digest"], "created_at": "2025-02-03T04:05:06Z",
+            "created_by": "Zoë <zoe@example.org>", "extra": "ignored"}  # fmt: skip
+    s3.client.put_object(Bucket=s3.bucket, Key=key, Body=canonical_json(good))
+    b = make_registry("b-good")
+    add_remote(b, s3)
+    assert pull_json(b, "support-bot:v1")["notes"] == []
+    info = show_json(b, "support-bot:v1")
+    assert (info["created_at"], info["created_by"]) == ("2025-02-03T04:05:06Z", good["created_by"])
