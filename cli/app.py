@@ -16,10 +16,17 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from cli.context import JsonOpt, actor_or_default, open_registry, set_options
+from cli.context import (
+    CONTEXT_SETTINGS,
+    JsonOpt,
+    RegistryGroup,
+    actor_or_default,
+    open_registry,
+    set_options,
+)
 from registry.config import ACTOR_HELP
 from registry.errors import RegistryError, UsageError
-from registry.output import echo, emit_json, err, human_size, table
+from registry.output import echo, emit_json, err, human_size, paint, status, table
 
 # Help is plain text (rich_markup_mode=None), but Typer 0.20 still escapes "[required]"
 # for Rich whenever rich is installed, printing a stray backslash (fastapi/typer#1058).
@@ -30,9 +37,24 @@ app = typer.Typer(
     help="A registry and release gate for fine-tuned models (LoRA adapters on a base model).",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=False,  # `registry completion SHELL` instead (cli/commands/completion.py)
     rich_markup_mode=None,
+    cls=RegistryGroup,
+    context_settings=CONTEXT_SETTINGS,
 )
+
+
+def _print_version(value: bool) -> None:
+    """`registry --version`: the installed lora-registry distribution's version."""
+    if not value:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        echo(f"registry {version('lora-registry')}")
+    except PackageNotFoundError:
+        echo("registry (unknown version: the lora-registry package is not installed)")
+    raise typer.Exit()
 
 
 @app.callback()
@@ -47,6 +69,12 @@ def _main(
         ),
     ] = None,
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     set_options(registry, debug or os.environ.get("REGISTRY_DEBUG") == "1")
 
@@ -60,14 +88,18 @@ def init(
     database_url: Annotated[
         str | None, typer.Option(help="PostgreSQL URL for a team registry (default: SQLite).")
     ] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Create a registry: registry.toml, blobs/ and the database (via migrations)."""
     from registry.repo import Registry
 
     reg = Registry.init(path, database_url)
     kind = "SQLite" if reg.cfg.sqlite else "PostgreSQL"
-    echo(f"Initialized registry in {path.resolve()} ({kind})")
     reg.close()
+    if json_out:
+        emit_json({"path": str(path.resolve()), "database": kind.lower()})
+    else:
+        echo(f"Initialized registry in {path.resolve()} ({kind})")
 
 
 @app.command()
@@ -206,8 +238,11 @@ def ls_cmd(
 
 
 def gate_counts(counts: dict[str, int]) -> str:
-    """`3 passed, 1 failed` from {status: count}; `-` when no gate ran."""
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-"
+    """`3 passed, 1 failed` from {status: count}; `-` when no gate ran. Coloured (on a
+    terminal) by the worst status in it: failed, then error, else passed."""
+    text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "-"
+    worst = next((s for s in ("failed", "error", "passed") if counts.get(s)), None)
+    return text if worst is None else status(worst, text)
 
 
 @app.command()
@@ -305,9 +340,13 @@ def verify(
         emit_json(out)
     else:
         for p in report.problems:
-            echo(f"BAD  {p.digest}  {p.reason}  ({p.where})")
-        status = "ok" if report.ok else f"{len(report.problems)} problem(s)"
-        echo(f"verified {report.checked} blobs ({human_size(report.bytes)}): {status}")
+            echo(f"{paint(status('bad'))}  {p.digest}  {p.reason}  ({p.where})")
+        state = (
+            paint(status("ok", "ok"))
+            if report.ok
+            else paint(status("failed", f"{len(report.problems)} problem(s)"))
+        )
+        echo(f"verified {report.checked} blobs ({human_size(report.bytes)}): {state}")
         for s in signatures:
             if s["ok"]:
                 echo(f"signed by {s['signer']}: ok ({s['files']} files, {s['signed_at'][:19]})")
@@ -337,6 +376,7 @@ def gc(
         float,
         typer.Option(help="Seconds to wait for running writers (add, pull, ...); 0 refuses."),
     ] = 60.0,
+    json_out: JsonOpt = False,
 ) -> None:
     """Remove blobs no bundle, gate run or policy reaches (older than the grace period)."""
     from registry.gc import check_grace
@@ -350,6 +390,9 @@ def gc(
         reg.close()
     if report.forced is not None:
         err(f"gc: grace {grace:g}s forced: {report.forced}")
+    if json_out:
+        emit_json({"dry_run": dry_run, "grace": grace, **vars(report)})
+        return
     for h in report.stale_locks:
         echo(f"removed stale lock record of {h}: the process is gone")
     verb = "would remove" if dry_run else "removed"
@@ -367,13 +410,20 @@ def gc(
 def export(
     ref: Annotated[str, typer.Argument(help="Bundle reference.")],
     dest: Annotated[Path, typer.Argument(help="New directory to write.")],
+    json_out: JsonOpt = False,
 ) -> None:
     """Write a bundle as a directory PeftModel/AutoTokenizer load (base model under base/)."""
     from registry.export import export as run_export
 
     reg = open_registry()
-    info = run_export(reg, ref, dest)
-    reg.close()
+    try:
+        info = run_export(reg, ref, dest)
+    finally:
+        reg.close()
+    if json_out:
+        signature = dest / "registry" / "model.sig" if info.get("signed_by") else None
+        emit_json({**info, "dest": str(dest), "signature": signature and str(signature)})
+        return
     echo(f"exported {info['tag']} ({info['files']} files, {human_size(info['bytes'])}) to {dest}")
     if info["base"]:
         echo(f"base model: {info['base']}")
@@ -383,9 +433,9 @@ def export(
 
 def _register_groups() -> None:
     # Command groups kept in their own modules; importing them is cheap (typer only).
-    from cli.commands import gates, policy, release, remote, trust, tui
+    from cli.commands import completion, gates, policy, release, remote, report, trust, tui
 
-    for group in (release, policy, gates, remote, trust, tui):
+    for group in (release, policy, gates, remote, trust, tui, completion, report):
         group.register(app)
 
 
@@ -395,6 +445,10 @@ _register_groups()
 def main() -> None:
     """Entry point: run the app, turning RegistryError into one line and an exit code."""
     debug = "--debug" in sys.argv or os.environ.get("REGISTRY_DEBUG") == "1"
+    if os.environ.get("_REGISTRY_COMPLETE"):  # the shell asks for completions
+        from cli.commands.completion import enable_completion
+
+        enable_completion()
     try:
         rc = app(standalone_mode=False)
         if isinstance(rc, int) and rc:

@@ -272,6 +272,12 @@ class Requirement:
     at: str | None = None
     summary: str = ""
     note: str = ""  # runs that do not count, and why (untrusted signer, edited record)
+    why: str = ""  # why it blocks, one line (empty when it passed): see `requirements`
+    stale: bool = False  # missing because its runs ran under an earlier policy
+
+
+def _short(digest: str | None) -> str:
+    return (digest or "none").removeprefix("sha256:")[:12]
 
 
 def requirements(reg: Registry, digest: str, channel: str, policy: Policy) -> list[Requirement]:
@@ -279,11 +285,15 @@ def requirements(reg: Registry, digest: str, channel: str, policy: Policy) -> li
 
     A run counts when an intact audit event vouches for its record and, if it was pulled
     from a remote, a key in the channel's `gate_signers` signed it. Runs that do not
-    count neither pass nor block; the requirement's note says why."""
+    count neither pass nor block; the requirement's note says why. `why` says in one line
+    why a requirement blocks: its run failed (with the failure line) or could not run
+    (with the error), no run counts (the note), its runs are stale (they ran under an
+    earlier policy: `stale`), or it never ran."""
     signers = policy.gate_signer_keys(channel)
     out = []
     with reg.db.read() as conn:
-        rows = [r for r in rows_for(conn, digest) if r["policy_digest"] == policy.digest]
+        every = rows_for(conn, digest)
+        rows = [r for r in every if r["policy_digest"] == policy.digest]
         for gate in policy.channel(channel).require:
             notes: list[str] = []
             chosen = None
@@ -297,12 +307,55 @@ def requirements(reg: Registry, digest: str, channel: str, policy: Policy) -> li
                 notes.append(f"run #{r['id']} does not count: {why}")
             note = "; ".join(notes)
             if chosen is None:
-                out.append(Requirement(gate, "missing", note=note))
+                old = next(
+                    (r for r in every
+                     if r["gate"] == gate and r["policy_digest"] != policy.digest),
+                    None,
+                )  # fmt: skip
+                if notes:
+                    why = note
+                elif old is not None:
+                    why = (
+                        f"stale: run #{old['id']} ({old['status']}) ran under policy"
+                        f" {_short(old['policy_digest'])}, not the one in force"
+                        f" ({_short(policy.digest)}); run it again"
+                    )
+                else:
+                    why = "never run"
+                out.append(Requirement(
+                    gate, "missing", note=note, why=why, stale=old is not None and not notes,
+                ))  # fmt: skip
             else:
+                line = chosen["error"] or _summary(reg, chosen["evidence_digest"]) or ""
+                why = ""
+                if chosen["status"] != "passed":
+                    verb = "failed" if chosen["status"] == "failed" else "could not run"
+                    why = f"run #{chosen['id']} {verb}" + (f": {line}" if line else "")
                 out.append(Requirement(
                     gate, chosen["status"], chosen["id"], chosen["ended_at"],
-                    chosen["error"] or "", note=note,
+                    chosen["error"] or "", note=note, why=why,
                 ))  # fmt: skip
+    return out
+
+
+def superseded(runs: list[dict[str, Any]], policy_digest: str | None) -> dict[int, str]:
+    """Why each run of a bundle does not count, by run id (runs that count are absent).
+
+    `runs` as `runs_for` gives them (newest first, each with its `trust`). For each gate
+    the newest run under `policy_digest` (the policy in force; any policy when None) that
+    the audit chain vouches for counts; an older one is "superseded by #N", one under an
+    earlier policy "earlier policy", one that cannot count "does not count"."""
+    out: dict[int, str] = {}
+    counted: dict[str, int] = {}
+    for r in runs:
+        if policy_digest is not None and r["policy_digest"] != policy_digest:
+            out[r["id"]] = "earlier policy"
+        elif not r.get("trust", {}).get("counts", True):
+            out[r["id"]] = "does not count"
+        elif r["gate"] in counted:
+            out[r["id"]] = f"superseded by #{counted[r['gate']]}"
+        else:
+            counted[r["gate"]] = r["id"]
     return out
 
 
@@ -372,3 +425,21 @@ def _summary(reg: Registry, digest: str | None) -> str | None:
         return evidence(reg, digest).get("summary")
     except (RegistryError, OSError, ValueError):
         return None
+
+
+def latest_of_name(reg: Registry, name: str) -> list[dict[str, Any]]:
+    """The latest run of each gate of every version of `name`, oldest version first: its
+    version, gate, status and (parsed) metrics and thresholds (the TUI's trend plot)."""
+    with reg.db.read() as conn:
+        rows = conn.execute(
+            "SELECT b.version, g.gate, g.status, g.metrics, g.thresholds FROM gate_run g"
+            " JOIN bundle b ON b.digest = g.bundle_digest JOIN (SELECT MAX(id) AS id FROM"
+            " gate_run WHERE bundle_digest IN (SELECT digest FROM bundle WHERE name = :n)"
+            " GROUP BY bundle_digest, gate) last ON g.id = last.id"
+            " ORDER BY b.version, g.gate",
+            {"n": name},
+        ).dicts()
+    for r in rows:
+        r["metrics"] = json.loads(r["metrics"])
+        r["thresholds"] = json.loads(r["thresholds"])
+    return rows

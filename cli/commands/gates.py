@@ -7,11 +7,13 @@ from typing import Annotated, Any
 
 import typer
 
-from cli.context import actor_or_default, open_registry
+from cli.context import JsonOpt, RegistryGroup, actor_or_default, open_registry
 from registry.config import ACTOR_HELP
-from registry.output import echo, emit_json, err, table
+from registry.output import echo, emit_json, err, paint, status, table
 
-gates_app = typer.Typer(help="Run and inspect release gates.", no_args_is_help=True)
+gates_app = typer.Typer(
+    help="Run and inspect release gates.", no_args_is_help=True, cls=RegistryGroup
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -54,10 +56,10 @@ def train(
     finally:
         reg.close()
     run = next((r for r in runs if r["gate"] == "train"), None)
-    status = run["status"] if run else "missing"
+    state = run["status"] if run else "missing"
     if json_out:
         emit_json({"tag": res.tag, "digest": res.digest, "created": res.created,
-                   "train": {"status": status, "run": run and run["id"],
+                   "train": {"status": state, "run": run and run["id"],
                              "metrics": run["metrics"] if run else {}}})  # fmt: skip
     else:
         again = "" if res.created else " (identical content was already registered)"
@@ -65,12 +67,12 @@ def train(
         if run:
             m = run["metrics"]
             echo(
-                f"train {status.upper()}: {m.get('steps')} steps, train loss"
+                f"train {paint(status(run['status']))}: {m.get('steps')} steps, train loss"
                 f" {_num(m.get('initial_train_loss'))} -> {_num(m.get('final_train_loss'))},"
                 f" overfitting {m.get('overfitting')}"
             )
             echo(f"  details: registry gates show {res.tag} --evidence {run['id']}")
-    if status == "failed":
+    if state == "failed":
         raise typer.Exit(3)
 
 
@@ -141,7 +143,7 @@ def run(
         echo(
             table(
                 ["GATE", "STATUS", "SECONDS", "SUMMARY"],
-                [(r.gate, r.status.upper(), f"{r.seconds:.1f}", r.summary[:90]) for r in records],
+                [(r.gate, status(r.status), f"{r.seconds:.1f}", r.summary[:90]) for r in records],
             )
         )
     code = exit_code(records)
@@ -151,6 +153,7 @@ def run(
 
 def _live_printer(tty: bool) -> Any:
     """Progress lines on stderr: each gate's start, progress messages and result."""
+    import sys
     import time
 
     started: dict[str, float] = {}
@@ -164,7 +167,7 @@ def _live_printer(tty: bool) -> Any:
                 err(f"[{gate}] {message}")
         else:
             secs = time.perf_counter() - started.get(gate, time.perf_counter())
-            err(f"[{gate}] {phase.upper()} in {secs:.1f}s {message[:100]}")
+            err(f"[{gate}] {paint(status(phase), sys.stderr)} in {secs:.1f}s {message[:100]}")
 
     return hook
 
@@ -202,7 +205,7 @@ def show(
     echo(f"{bundle['name']}:v{bundle['version']}  {bundle['digest']}")
     for r in runs:
         echo(
-            f"\n#{r['id']} {r['gate']} v{r['gate_version']}  {r['status'].upper()}"
+            f"\n#{r['id']} {r['gate']} v{r['gate_version']}  {paint(status(r['status']))}"
             f"  {r['ended_at'][:19]}  by {r['actor']}  policy {str(r['policy_digest'])[:19]}"
         )
         trust = r.get("trust") or {}
@@ -232,15 +235,25 @@ def _num(v: Any) -> str:
 
 
 @gates_app.command("list")
-def list_gates() -> None:
+def list_gates(json_out: JsonOpt = False) -> None:
     """The gates installed (entry-point group registry.gates) and their policy keys."""
     from gates import catalog
 
-    rows = []
+    found: list[dict[str, Any]] = []
     for name in catalog.names():
         try:
             cls = catalog.load(name)
-            rows.append((name, cls.version, ", ".join(sorted(cls.defaults)) or "-"))
+            found.append({"gate": name, "version": cls.version, "defaults": dict(cls.defaults),
+                          "error": None})  # fmt: skip
         except Exception as exc:  # a broken third-party gate should not hide the others
-            rows.append((name, "?", f"cannot load: {exc}"))
+            found.append({"gate": name, "version": None, "defaults": {},
+                          "error": f"cannot load: {exc}"})  # fmt: skip
+    if json_out:
+        emit_json(found)
+        return
+    rows = [
+        (g["gate"], "?" if g["version"] is None else g["version"],
+         g["error"] or ", ".join(sorted(g["defaults"])) or "-")
+        for g in found
+    ]  # fmt: skip
     echo(table(["GATE", "VERSION", "POLICY KEYS"], rows))

@@ -7,12 +7,12 @@ from typing import Annotated
 
 import typer
 
-from cli.context import actor_or_default, open_registry
+from cli.context import JsonOpt, RegistryGroup, actor_or_default, open_registry
 from registry.config import ACTOR_HELP
 from registry.output import echo, emit_json, err
 
 policy_app = typer.Typer(
-    help="Release policy: required gates and thresholds.", no_args_is_help=True
+    help="Release policy: required gates and thresholds.", no_args_is_help=True, cls=RegistryGroup
 )
 
 
@@ -21,7 +21,9 @@ def register(app: typer.Typer) -> None:
 
 
 @policy_app.command("check")
-def check(path: Annotated[Path, typer.Argument(help="Policy TOML file.")]) -> None:
+def check(
+    path: Annotated[Path, typer.Argument(help="Policy TOML file.")], json_out: JsonOpt = False
+) -> None:
     """Validate a policy file and print its digest."""
     from gates.policy import load_file
     from registry.errors import PolicyError
@@ -30,15 +32,26 @@ def check(path: Annotated[Path, typer.Argument(help="Policy TOML file.")]) -> No
         pol = load_file(path)
     except PolicyError as exc:  # the usual hint is to run this very command
         raise PolicyError(str(exc), "") from None
+    from gates.evals import plan
+
+    plans = plan(pol)
+    if json_out:
+        emit_json({
+            "ok": True,
+            "digest": pol.digest,
+            "channels": {name: {"require": list(ch.require), "after": ch.after}
+                         for name, ch in pol.channels.items()},
+            "files": dict(sorted(pol.files.items())),
+            "plan": [{"gate": g, "text": t, "decidable": d} for g, t, d in plans],
+        })  # fmt: skip
+        return
     echo(f"policy ok: {pol.digest}")
     for name, ch in pol.channels.items():
         after = f" after {ch.after}" if ch.after else ""
         echo(f"  {name}: requires {', '.join(ch.require) or 'nothing'}{after}")
     for rel, digest in sorted(pol.files.items()):
         echo(f"  file {rel} {digest[:19]}")
-    from gates.evals import plan
-
-    for gate, text, decidable in plan(pol):
+    for gate, text, decidable in plans:
         if decidable:
             echo(f"  {gate}: {text}")
         else:
@@ -50,6 +63,7 @@ def set_(
     path: Annotated[Path, typer.Argument(help="Policy TOML file.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit log).")] = "",
     actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Make a policy the registry's policy (stored with its eval sets; an audited event)."""
     from gates.policy import load_file
@@ -61,7 +75,10 @@ def set_(
         changed = store(reg, pol, actor=actor_or_default(actor), reason=reason)
     finally:
         reg.close()
-    echo(f"policy {'set' if changed else 'already in force'}: {pol.digest}")
+    if json_out:
+        emit_json({"digest": pol.digest, "changed": changed})
+    else:
+        echo(f"policy {'set' if changed else 'already in force'}: {pol.digest}")
 
 
 @policy_app.command("show")

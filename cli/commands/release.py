@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from cli.context import actor_or_default, open_registry
+from cli.context import RegistryGroup, actor_or_default, open_registry
 from registry.config import ACTOR_HELP
-from registry.output import echo, emit_json, err, table
+from registry.output import echo, emit_json, err, paint, status, table
 
-audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True, cls=RegistryGroup)
 
 
 def register(app: typer.Typer) -> None:
@@ -41,25 +42,46 @@ def promote(
     from pathlib import Path
 
     from registry import channels
+    from registry.errors import BlockedError
 
     reg = open_registry()
     who = actor_or_default(actor)
     if policy is not None:
         from gates.policy import load_file
 
-        pol = load_file(Path(policy))
-        bundle, reqs, blockers = channels.check_promotion(reg, ref, to, pol, who)
-        _print_requirements(reqs)
+        try:
+            pol = load_file(Path(policy))
+            bundle, reqs, blockers = channels.check_promotion(reg, ref, to, pol, who)
+        finally:
+            reg.close()
         tag = f"{bundle['name']}:v{bundle['version']}"
+        if json_out:
+            emit_json({
+                "dry_run": True, "allowed": not blockers, "ref": ref, "tag": tag,
+                "digest": bundle["digest"], "channel": to, "policy": pol.digest,
+                "blockers": blockers, "requirements": requirements_json(reqs),
+            })  # fmt: skip
+            if blockers:
+                raise typer.Exit(BlockedError.exit_code)
+            return
+        _print_requirements(reqs)
         if blockers:
             err(f"dry run: {tag} would be blocked from {to}: " + "; ".join(blockers))
-            raise typer.Exit(3)
+            raise typer.Exit(BlockedError.exit_code)
         echo(f"dry run: {tag} would be allowed into {to} under policy {pol.digest[:19]}")
         return
     try:
         result = channels.promote(reg, ref, to, actor=who, reason=reason, force=force)
-    except channels.GatesBlockedError as exc:
-        _print_requirements(exc.requirements)
+    except BlockedError as exc:
+        reqs = getattr(exc, "requirements", [])
+        if json_out:  # the requirements on stdout; main() prints the one error line
+            emit_json({
+                "promoted": False, "blocked": True, "ref": ref, "channel": to,
+                "error": exc.one_line(), "exit_code": exc.exit_code,
+                "requirements": requirements_json(reqs),
+            })  # fmt: skip
+        else:
+            _print_requirements(reqs)
         raise
     finally:
         reg.close()
@@ -68,21 +90,49 @@ def promote(
     elif result.event is None:
         echo(f"{result.name}:{to} already holds {result.to_tag}")
     else:
-        forced = " (FORCED)" if result.forced else ""
+        forced = f" ({paint(status('forced'))})" if result.forced else ""
         echo(f"{result.name}:{to} -> {result.to_tag}{forced}  event {result.event[:19]}")
 
 
-def _print_requirements(reqs: list) -> None:
+def requirement_status(r: Any) -> str:
+    """passed / failed / error / missing, or stale: missing because every run of the gate
+    ran under an earlier policy."""
+    return "stale" if r.stale else str(r.status)
+
+
+def requirements_json(reqs: list[Any]) -> list[dict[str, Any]]:
+    """Each required gate for `--json`: its status, the run that decided it, and why it
+    blocks (empty when it passed)."""
+    return [
+        {
+            "gate": r.gate,
+            "status": requirement_status(r),
+            "passed": r.status == "passed",
+            "run": r.run_id,
+            "at": r.at,
+            "why": r.why or r.note or ("" if r.status == "passed" else r.status),
+            "note": r.note,
+        }
+        for r in reqs
+    ]
+
+
+def _print_requirements(reqs: list[Any]) -> None:
     if reqs:
         err(
             table(
                 ["GATE", "STATUS", "RUN", "WHEN"],
-                [(r.gate, r.status.upper(), r.run_id or "-", r.at or "-") for r in reqs],
-            )
+                [
+                    (r.gate, status(requirement_status(r)), r.run_id or "-", r.at or "-")
+                    for r in reqs
+                ],
+                stream=sys.stderr,
+            )  # fmt: skip
         )
         for r in reqs:
-            if r.note:
-                err(f"{r.gate}: {r.note}")
+            why = r.why or r.note
+            if why:
+                err(f"{r.gate}: {why}")
 
 
 def rollback(
@@ -223,6 +273,6 @@ def audit_verify(
             + (f", {covered}" if covered else "")
         )
     else:
-        echo(f"audit chain BROKEN: {report.problem}")
+        echo(f"audit chain {paint(status('broken'))}: {report.problem}")
     if not report.ok:
         raise typer.Exit(1)

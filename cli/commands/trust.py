@@ -12,11 +12,11 @@ from typing import Annotated
 
 import typer
 
-from cli.context import actor_or_default, open_registry
+from cli.context import RegistryGroup, actor_or_default, open_registry
 from registry.config import ACTOR_HELP
 from registry.output import echo, emit_json
 
-key_app = typer.Typer(help="Signing keys (ECDSA P-256).", no_args_is_help=True)
+key_app = typer.Typer(help="Signing keys (ECDSA P-256).", no_args_is_help=True, cls=RegistryGroup)
 
 
 def register(app: typer.Typer) -> None:

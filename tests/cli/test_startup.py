@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import add_args, run_cli
 
 HEAVY = ("torch", "transformers", "peft", "boto3", "botocore", "huggingface_hub", "textual",
-         "sqlalchemy", "sqlmodel", "alembic")  # fmt: skip
+         "sqlalchemy", "sqlmodel", "alembic", "matplotlib")  # fmt: skip
 
 PROBE = """
 import json, sys
@@ -52,6 +52,9 @@ def test_light_commands_import_nothing_heavy(cli, reg_path, tiny) -> None:  # no
     r = ["--registry", str(reg_path)]
     for args in (
         ["--help"],
+        ["-h"],
+        ["--version"],
+        ["completion", "bash"],
         r + ["ls"],
         r + ["ls", "--json"],
         r + ["show", "support-bot:v1"],
