@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry import bundles, channels, gate_runs, tracking
-from registry.errors import PolicyError, UsageError
+from registry.errors import PolicyError, RegistryError, UsageError
 from registry.repo import Registry
 
 if TYPE_CHECKING:
@@ -68,6 +68,44 @@ def bundle_detail(reg: Registry, ref: str) -> BundleDetail:
     return BundleDetail(info, runs)
 
 
+def standing(detail: BundleDetail, policy_digest: str | None) -> dict[int, str]:
+    """Why each run of the bundle does not count (superseded by a newer run, an earlier
+    policy, untrusted), by run id: `registry.gate_runs.superseded`."""
+    return gate_runs.superseded(detail.runs, policy_digest)
+
+
+@dataclass
+class Plots:
+    """The bundle view's plots: its latest `train` run's loss curves, and each limited
+    metric across the versions of its name."""
+
+    train_run: int | None
+    train: list[tuple[float, float]]
+    validation: list[tuple[float, float]]
+    trends: list[Any]  # tui.figures.Trend
+
+
+def plots(reg: Registry, detail: BundleDetail) -> Plots:
+    """Loss curves from the newest `train` run's evidence; trends from the latest run of
+    each gate of every version of the bundle's name (registry.gate_runs.latest_of_name)."""
+    from tui.figures import loss_curves, trends
+
+    train_run: int | None = None
+    train: list[tuple[float, float]] = []
+    val: list[tuple[float, float]] = []
+    for run in detail.runs:  # newest first
+        if run["gate"] == "train" and run.get("evidence_digest"):
+            try:
+                train, val = loss_curves(evidence(reg, run))
+            except (RegistryError, OSError, ValueError):
+                continue
+            if train or val:
+                train_run = run["id"]
+                break
+    latest = gate_runs.latest_of_name(reg, detail.info["name"])
+    return Plots(train_run, train, val, trends(latest))
+
+
 def evidence(reg: Registry, run: dict[str, Any]) -> dict[str, Any]:
     """A gate run's evidence report (`registry gates show REF --evidence ID`)."""
     from registry.gate_runs import evidence as load_evidence
@@ -100,6 +138,42 @@ class PromotionCheck:
     def gates_to_run(self) -> list[str]:
         """Required gates without a passing latest run (missing, failed or error)."""
         return [r.gate for r in self.requirements if r.status != "passed"]
+
+    @property
+    def run_label(self) -> str:
+        """What running `gates_to_run` does, by why they block: "Re-run 1 failed gate",
+        "Run 2 missing gates", "Run 3 gates (1 failed, 2 missing)"; "No gates to run"."""
+        return run_label(self.requirements)
+
+
+def blocking_kind(req: gate_runs.Requirement) -> str:
+    """failed / error / stale / missing: why a requirement that did not pass blocks."""
+    if req.status == "missing" and req.stale:
+        return "stale"
+    return req.status
+
+
+WORDS = {"failed": "failed", "error": "errored", "stale": "stale", "missing": "missing"}
+
+
+def run_label(reqs: list[gate_runs.Requirement]) -> str:
+    """The label of the button that runs the blocking gates (see PromotionCheck.run_label)."""
+    counts: dict[str, int] = {}
+    for r in reqs:
+        if r.status != "passed":
+            kind = blocking_kind(r)
+            counts[kind] = counts.get(kind, 0) + 1
+    n = sum(counts.values())
+    if not n:
+        return "No gates to run"
+    gates = f"gate{'s' * (n != 1)}"
+    if len(counts) == 1:
+        kind = next(iter(counts))
+        verb = "Run" if kind == "missing" else "Re-run"
+        return f"{verb} {n} {WORDS[kind]} {gates}"
+    parts = ", ".join(f"{counts[k]} {WORDS[k]}" for k in ("failed", "error", "stale", "missing")
+                      if k in counts)  # fmt: skip
+    return f"Run {n} {gates} ({parts})"
 
 
 def check_promotion(reg: Registry, ref: str, channel: str, actor: str) -> PromotionCheck:

@@ -330,4 +330,8 @@ def test_intervals_show_in_gates_show_json_and_the_tui(built: dict[str, Any]) ->
     console = Console(width=200, record=True)
     console.print(run_detail(next(r for r in runs if r["id"] == rec.id), None))
     screen = console.export_text()
-    assert interval in screen and "delta_lower" in screen
+    # The TUI puts the metric beside its interval, threshold and mark, on one row.
+    lo, hi = rec.metrics["delta_lower"], rec.metrics["delta_upper"]
+    row = next(ln for ln in screen.splitlines() if ln.split()[:1] == ["delta"])
+    assert interval in screen and f"[{lo:.4g}, {hi:.4g}]" in row, screen
+    assert "≥ 0.05" in row and "pass" in row and "min_delta" in row, row

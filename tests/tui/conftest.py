@@ -18,17 +18,20 @@ from typing import Any
 import pytest
 
 from registry.repo import Registry
+from tests.conftest import run_cli
 from tests.fakegates import (
     fake_gates,  # noqa: F401  (fixture used through getfixturevalue)
 )
 from tests.tui import (
     FAKE_GATES,
+    REVIEW_GATES,
     HeldGate,
     add_bundle,
     add_gates,
     build_project,
     cli_ok,
     fixed_clock,
+    write,
 )
 
 
@@ -121,3 +124,28 @@ def held_gate(
     yield HeldGate
     HeldGate.release.set()
     catalog.load.cache_clear()
+
+
+REVIEW_POLICY = """\
+[channels.staging]
+require = ["fake-outcome", "train", "fake-regression"]
+
+[gates.fake-outcome]
+eval_set = "evals/target.jsonl"
+"""
+
+
+@pytest.fixture
+def reviewed(two_bundles: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`two_bundles` under a policy requiring train-like and regression-like gates (loss
+    curves, drops with intervals, per-item evidence: tests/tui/__init__.py), run once on
+    each version: v1's drop passes max_drop, v2's (rank 16) fails it."""
+    fixed_clock(monkeypatch)
+    add_gates(monkeypatch, {**FAKE_GATES, **REVIEW_GATES})
+    policy = write(two_bundles.parent / "review/policy.toml", REVIEW_POLICY)
+    write(two_bundles.parent / "review/evals/target.jsonl", '{"prompt": "a", "answer": "a"}\n')
+    cli_ok(two_bundles, "policy", "set", policy, "--reason", "review policy")
+    cli_ok(two_bundles, "gates", "run", "support-bot:v1")
+    res = run_cli("gates", "run", "support-bot:v2", registry=two_bundles)
+    assert res.code == 3, res.err + res.out  # fake-regression failed
+    return two_bundles

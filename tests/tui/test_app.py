@@ -450,7 +450,7 @@ def test_help_lists_every_binding_and_palette_has_every_action(released: Path) -
         assert isinstance(app.screen, HelpScreen)
         text = " ".join(plain(w.content) for w in app.screen.query(".help-section").results(Static))
         for words in ("Promote", "Roll back", "Gates", "Diff", "Filter", "Evidence", "Open",
-                      "Channels", "Bundles", "Command palette", "Run missing gates"):  # fmt: skip
+                      "Channels", "Bundles", "Command palette", "Run gates"):  # fmt: skip
             assert words in text, words
         await pilot.press("escape")
         from tui.app import RegistryCommands

@@ -110,3 +110,26 @@ def test_diff_screen(snap_compare: Any, released: Path, size: tuple[int, int]) -
 def test_help_screen(snap_compare: Any, released: Path) -> None:
     keys = ("question_mark",)
     assert snap_compare(RegistryApp(released), terminal_size=SMALL, run_before=steady(*keys))
+
+
+def test_plots_tab(snap_compare: Any, reviewed: Path) -> None:
+    """v2's loss curves and its fake-regression drop across v1, v2 against max_drop."""
+    keys = ("enter", "2", "down", "down", "3")  # the oldest run, fake-outcome: its trend
+    assert snap_compare(RegistryApp(reviewed), terminal_size=SMALL, run_before=steady(*keys))
+
+
+def test_plots_tab_large(snap_compare: Any, reviewed: Path) -> None:
+    keys = ("enter", "3")  # the newest run is fake-regression's: the drop is plotted
+    assert snap_compare(RegistryApp(reviewed), terminal_size=LARGE, run_before=steady(*keys))
+
+
+def test_gate_runs_superseded(snap_compare: Any, reviewed: Path) -> None:
+    """fake-regression re-run: the older run marked superseded; metrics beside limits."""
+    run_cli("gates", "run", "support-bot:v2", "--gate", "fake-regression", registry=reviewed)
+    keys = ("enter", "2")
+    assert snap_compare(RegistryApp(reviewed), terminal_size=LARGE, run_before=steady(*keys))
+
+
+def test_promote_failed_gate(snap_compare: Any, reviewed: Path) -> None:
+    """Why it blocks, with the failure line; the button re-runs the failed gate."""
+    assert snap_compare(RegistryApp(reviewed), terminal_size=SMALL, run_before=steady("p"))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.console import Group
 from rich.table import Table
@@ -12,7 +12,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
-from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Header, Static, TabbedContent, TabPane, Tabs
 
 from registry.errors import RegistryError
 from registry.output import human_size
@@ -20,6 +20,9 @@ from registry.present import KEY_META
 from tui import services
 from tui.screens.base import RegistryScreen
 from tui.widgets.status import short, status_text, when
+
+if TYPE_CHECKING:
+    from tui.figures import MetricRow
 
 
 def fmt_value(value: Any) -> str:
@@ -74,28 +77,66 @@ def overview(info: dict[str, Any]) -> Group:
     return Group(*parts)
 
 
-def run_detail(run: dict[str, Any], current_policy: str | None) -> Group:
-    """Metrics against thresholds, inputs read and environment of one gate run."""
+def interval(row: MetricRow) -> str:
+    """`[lower, upper]` of a metric (`-inf` / `+inf` for a missing side); empty without."""
+    if row.lower is None and row.upper is None:
+        return ""
+    lo = number(row.lower) if row.lower is not None else "-inf"
+    hi = number(row.upper) if row.upper is not None else "+inf"
+    return f"[{lo}, {hi}]"
+
+
+def mark(passed: bool | None) -> Text:
+    """✓ pass / ✗ FAIL beside a limit (nothing for a metric without one)."""
+    if passed is None:
+        return Text("")
+    return Text("✓ pass", style="green") if passed else Text("✗ FAIL", style="bold red")
+
+
+def metrics_table(run: dict[str, Any]) -> tuple[Table, dict[str, Any], list[str]]:
+    """One row per metric: value, interval, threshold and its mark; the parameters; and
+    how the gate judges a limit where that is not a plain comparison."""
+    from tui.figures import metric_rows  # with gates.review: once a bundle opens, not at start
+
+    rows, params = metric_rows(run["metrics"], run["thresholds"])
+    table = Table(box=None, padding=(0, 1), show_edge=False)
+    table.add_column("METRIC", style="cyan", overflow="fold")
+    table.add_column("VALUE", justify="right")
+    table.add_column("INTERVAL", justify="right")
+    table.add_column("THRESHOLD", justify="right")
+    table.add_column("", no_wrap=True)
+    table.add_column("POLICY KEY", style="dim", overflow="fold")
+    for r in rows:
+        limit = ""
+        if r.limit:
+            limit = ("≤ " if r.comparison == "<=" else "≥ ") + number(r.threshold)
+        table.add_row(r.metric, number(r.value), interval(r), limit, mark(r.passed), r.limit)
+    return table, params, [f"{r.limit}: {r.note}" for r in rows if r.note]
+
+
+def run_detail(
+    run: dict[str, Any], current_policy: str | None, standing: str | None = None
+) -> Group:
+    """Each metric beside its threshold, interval and mark; inputs read; policy."""
     title = Text()
     title.append(f"#{run['id']} {run['gate']} v{run['gate_version']}  ")
     title.append_text(status_text(run["status"]))
     title.append(f"  {when(run['ended_at'])} by {run['actor']}", style="dim")
-    rows = Table(box=None, padding=(0, 2), show_edge=False)
-    rows.add_column("METRIC", style="cyan")
-    rows.add_column("VALUE", justify="right")
-    rows.add_column("THRESHOLD", justify="right")
-    thresholds = dict(run["thresholds"])
-    for key, value in sorted(run["metrics"].items()):
-        limit = thresholds.pop(key, None)
-        rows.add_row(key, number(value), number(limit) if limit is not None else "")
-    for key, value in sorted(thresholds.items()):
-        rows.add_row(key, "", number(value))
+    if standing == "does not count":
+        title.append(f"  (does not count: {run['trust']['why']})", style="yellow")
+    elif standing:
+        title.append(f"  ({standing}: does not count)", style="yellow")
+    table, params, notes = metrics_table(run)
     parts: list[Any] = [title]
     if run["error"]:
         parts.append(Text(f"error: {run['error']}", style="red"))
     elif run.get("summary"):  # the figures with their confidence bounds
         parts.append(Text(str(run["summary"])))
-    parts.append(rows)
+    parts.append(table)
+    parts += [Text(note, style="dim italic") for note in notes]
+    if params:
+        listed = ", ".join(f"{k} {fmt_value(v)}" for k, v in params.items())
+        parts.append(Text(f"parameters: {listed}", style="dim"))
     for rel, digest in sorted(run["inputs"].items()):
         parts.append(Text(f"read {rel} {short(digest)}", style="dim"))
     policy = short(run["policy_digest"])
@@ -114,6 +155,8 @@ class DetailScreen(RegistryScreen):
         Binding("e", "evidence", "Evidence", tooltip="The highlighted run's evidence report"),
         Binding("1", "tab('overview')", "Overview", show=False, tooltip="Components, lineage"),
         Binding("2", "tab('runs')", "Gate runs", show=False, tooltip="Metrics vs thresholds"),
+        Binding("3", "tab('plots')", "Plots", show=False, tooltip="Loss curves, metric trends"),
+        Binding("m", "next_trend", "Next metric", show=False, tooltip="The next trend plotted"),
     ]
 
     def __init__(self, ref: str) -> None:
@@ -121,8 +164,13 @@ class DetailScreen(RegistryScreen):
         self.ref = ref
         self.detail: services.BundleDetail | None = None
         self.policy_digest: str | None = None
+        self.standing: dict[int, str] = {}  # run id -> why it does not count
+        self.plots: services.Plots | None = None
+        self.trend_index = 0
 
     def compose(self) -> ComposeResult:
+        from tui.widgets.plots import LossPlot, TrendPlot  # plotext: only once a bundle opens
+
         yield Header()
         yield Static(id="detail-title")
         with TabbedContent(initial="overview", id="detail-tabs"):
@@ -132,11 +180,14 @@ class DetailScreen(RegistryScreen):
                 yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
                 with VerticalScroll(id="run-detail-box"):
                     yield Static(id="run-detail")
+            with TabPane("3 Plots", id="plots"):
+                yield LossPlot(id="loss-plot")
+                yield TrendPlot(id="trend-plot")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         table = self.query_one("#runs-table", DataTable)
-        table.add_columns("ID", "GATE", "STATUS", "ENDED", "BY", "POLICY")
+        table.add_columns("ID", "GATE", "STATUS", "ENDED", "BY", "COUNTS")
 
     def reload(self) -> None:
         try:
@@ -146,6 +197,7 @@ class DetailScreen(RegistryScreen):
             self.rapp.report(exc, "Cannot show the bundle")
             return
         self.policy_digest = policy.digest if policy else None
+        self.standing = services.standing(self.detail, self.policy_digest)
         info = self.detail.info
         title = Text()
         title.append(info["tag"], style="bold")
@@ -158,14 +210,18 @@ class DetailScreen(RegistryScreen):
         row = table.cursor_row
         table.clear()
         for run in self.detail.runs:
-            in_force = run["policy_digest"] == self.policy_digest and self.policy_digest
+            why = self.standing.get(run["id"])
+            dim = "dim" if why else ""
             table.add_row(
-                str(run["id"]), run["gate"], status_text(run["status"]), when(run["ended_at"]),
-                run["actor"], short(run["policy_digest"], 8) + (" *" if in_force else ""),
+                Text(str(run["id"]), style=dim), Text(run["gate"], style=dim),
+                status_text(run["status"]), Text(when(run["ended_at"]), style=dim),
+                Text(run["actor"], style=dim),
+                Text(why, style="yellow") if why else Text("✓ counts"),
                 key=str(run["id"]),
             )  # fmt: skip
         if self.detail.runs:
             table.move_cursor(row=min(row, len(self.detail.runs) - 1))
+        self.show_plots()
         self.show_run()
 
     def selected_run(self) -> dict[str, Any] | None:
@@ -181,7 +237,52 @@ class DetailScreen(RegistryScreen):
             body.update(Text("No gate runs yet: press g to run the gates the policy requires.",
                              style="italic"))  # fmt: skip
         else:
-            body.update(run_detail(run, self.policy_digest))
+            body.update(run_detail(run, self.policy_digest, self.standing.get(run["id"])))
+            self.follow_run(run["gate"])
+
+    def follow_run(self, gate: str) -> None:
+        """The trend plot follows the highlighted run: its gate's first limited metric."""
+        trends = self.plots.trends if self.plots else []
+        if not trends or trends[self.trend_index % len(trends)].gate == gate:
+            return
+        index = next((i for i, t in enumerate(trends) if t.gate == gate), None)
+        if index is not None:
+            self.trend_index = index
+            self.show_trend()
+
+    def show_plots(self) -> None:
+        """The loss curves of the newest train run, and the trend picked with m."""
+        from tui.widgets.plots import LossPlot
+
+        if self.detail is None:
+            return
+        try:
+            self.plots = services.plots(self.reg, self.detail)
+        except RegistryError as exc:
+            self.rapp.report(exc, "Cannot read the plots")
+            return
+        p = self.plots
+        title = f"train run #{p.train_run}" if p.train_run else ""
+        self.query_one("#loss-plot", LossPlot).show(p.train, p.validation, title)
+        self.show_trend()
+
+    def show_trend(self) -> None:
+        from tui.widgets.plots import TrendPlot
+
+        trends = self.plots.trends if self.plots else []
+        trend = trends[self.trend_index % len(trends)] if trends else None
+        version = self.detail.info.get("version") if self.detail else None
+        self.query_one("#trend-plot", TrendPlot).show(trend, version)
+
+    def action_next_trend(self) -> None:
+        """Plot the next gate metric's trend (they are ordered by gate, then metric)."""
+        trends = self.plots.trends if self.plots else []
+        if not trends:
+            self.notify("No gate with a threshold has run on this name yet.", severity="warning")
+            return
+        self.action_tab("plots")
+        self.trend_index = (self.trend_index + 1) % len(trends)
+        self.show_trend()
 
     @on(DataTable.RowHighlighted, "#runs-table")
     def _run_highlighted(self) -> None:
@@ -192,9 +293,14 @@ class DetailScreen(RegistryScreen):
         self.action_evidence()
 
     def action_tab(self, tab: str) -> None:
-        self.query_one(TabbedContent).active = tab
+        tabs = self.query_one(TabbedContent)
         if tab == "runs":
+            tabs.active = tab
             self.query_one("#runs-table", DataTable).focus()
+        else:
+            # focus on the tab bar first: focus left in a hidden pane would switch back to it
+            tabs.query_one(Tabs).focus()
+            tabs.active = tab
 
     def action_evidence(self) -> None:
         """Open the evidence report of the highlighted gate run."""

@@ -14,10 +14,14 @@ from textual.widgets import Label, Static
 
 SCREENS_HELP = (
     ("Bundles", "every bundle: tag, digest, parent, created, channels, gates (✓ passed ✗ not)"),
-    ("Bundle", "components and key meta, lineage, every gate run; e opens its evidence"),
+    (
+        "Bundle",
+        "components, lineage; gate runs (which counts), metrics beside thresholds;"
+        " loss and trend plots; e opens a run's evidence",
+    ),
     ("Channels", "each channel's bundle and history, newest first; the audit chain state"),
-    ("Promote", "pick bundle and channel; required gates and which passed; confirm with why"),
-    ("Run gates", "the missing gates run in the background with live progress per gate"),
+    ("Promote", "pick bundle and channel; required gates, why each blocks; confirm with why"),
+    ("Run gates", "the gates that block run in the background with live progress per gate"),
     ("Diff", "two bundles side by side; changed components highlighted"),
 )
 

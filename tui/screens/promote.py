@@ -1,5 +1,6 @@
 """Promote: pick a bundle and a channel, see what the policy requires and what is satisfied
-(`registry promote --policy` dry run), confirm with a reason, or run the missing gates."""
+(`registry promote --policy` dry run) and why each gate blocks, confirm with a reason, or run
+the gates that block (re-run the failed ones, run the missing ones)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from tui.screens.base import RegistryScreen
 from tui.widgets.confirmation import Confirmation, ConfirmationScreen
 from tui.widgets.status import short, status_text, when
 
+NOTE_SPARE = 56  # cells the other columns of the requirements take, padding included
+
 
 class PromoteScreen(RegistryScreen):
     """Requirements of a move, live; promote when allowed, run missing gates when not."""
@@ -26,7 +29,7 @@ class PromoteScreen(RegistryScreen):
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("p", "promote", "Promote", tooltip="Confirm with a reason (if allowed)"),
-        Binding("g", "run_missing", "Run missing gates", tooltip="In the background, live"),
+        Binding("g", "run_missing", "Run gates", tooltip="Re-run failed, run missing gates"),
     ]
 
     def __init__(self, name: str, digest: str | None = None, channel: str | None = None) -> None:
@@ -48,13 +51,14 @@ class PromoteScreen(RegistryScreen):
         yield Static(id="promote-verdict")
         with Horizontal(id="promote-buttons"):
             yield Button("Promote…", variant="success", id="promote-go")
-            yield Button("Run missing gates", variant="primary", id="promote-run")
+            yield Button("No gates to run", variant="primary", id="promote-run")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
-        self.query_one("#requirements", DataTable).add_columns(
-            "GATE", "STATUS", "RUN", "WHEN", "NOTE"
-        )
+        table = self.query_one("#requirements", DataTable)
+        table.add_columns("GATE", "STATUS", "RUN", "WHEN")
+        # the note wraps in what the other columns leave of the terminal's width
+        table.add_column("NOTE", width=max(24, self.app.size.width - NOTE_SPARE), key="note")
         try:
             self.versions = bundles.list_bundles(self.reg, self.bundle_name)
             policy = services.policy_or_none(self.reg)
@@ -132,8 +136,9 @@ class PromoteScreen(RegistryScreen):
         ))  # fmt: skip
         for r in check.requirements:
             table.add_row(
-                r.gate, status_text(r.status), str(r.run_id or "-"), when(r.at),
-                r.summary[:60] if r.status != "passed" else "",
+                r.gate, status_text(services.blocking_kind(r)), str(r.run_id or "-"),
+                when(r.at), Text(r.why or r.note, style="" if r.status == "passed" else "red"),
+                height=None,
             )  # fmt: skip
         if not check.requirements:
             table.add_row("(none)", Text("no gate required", style="dim"), "", "", "")
@@ -154,13 +159,8 @@ class PromoteScreen(RegistryScreen):
             verdict.update(Text(
                 f"Blocked: {tag} may not enter {channel}: " + "; ".join(check.blockers),
                 style="bold red"))  # fmt: skip
-        missing = check.gates_to_run
-        run.label = (
-            f"Run {len(missing)} missing gate{'s' * (len(missing) != 1)}"
-            if missing
-            else "No missing gates"
-        )
-        run.disabled = not missing
+        run.label = check.run_label
+        run.disabled = not check.gates_to_run
 
     # --- actions ----------------------------------------------------------------------------
 
@@ -172,7 +172,7 @@ class PromoteScreen(RegistryScreen):
             return
         tag = f"{check.bundle['name']}:v{check.bundle['version']}"
         if not check.allowed:
-            hint = " Press g to run the missing gates." if check.gates_to_run else ""
+            hint = f" Press g: {check.run_label}." if check.gates_to_run else ""
             self.notify(
                 f"{tag} may not enter {check.channel}: {'; '.join(check.blockers)}.{hint}",
                 title="Promotion blocked",
@@ -216,6 +216,6 @@ class PromoteScreen(RegistryScreen):
     def action_run_missing(self) -> None:
         check = self.check
         if check is None or not check.gates_to_run:
-            self.notify("No missing gates to run.", severity="warning")
+            self.notify("No gate to run: every required gate passed.", severity="warning")
             return
         self.rapp.run_gates(check.bundle, check.gates_to_run, check.channel)

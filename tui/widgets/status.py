@@ -9,6 +9,7 @@ STATUS_STYLE = {
     "failed": "bold red",
     "error": "bold magenta",
     "missing": "yellow",
+    "stale": "yellow",
     "running": "bold cyan",
     "queued": "dim",
 }
