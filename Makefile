@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: venv demo test test-paths lint bench clean wheel-check
+.PHONY: venv demo test test-paths lint bench clean wheel-check browser
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,21 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) examples/demo.py demo-out
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(VENV)/bin/pytest -q
+
+# The report's browser test renders `registry report` in Debian's headless chromium. Where
+# it is missing and this user can install Debian packages (root with apt-get), install it
+# (about 2 minutes); elsewhere the test is skipped with its reason.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium for the report's browser test"; \
+	  DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { timeout 300 apt-get update -q >/dev/null 2>&1; \
+	    DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "could not install chromium: the report's browser test will be skipped"; \
+	else echo "no /usr/bin/chromium (install Debian's chromium): the report's browser test will be skipped"; fi
 
 # The tests whose verdicts rest on trained models, and the demo, again under every other
 # CPU kernel path this machine offers (PyTorch's AVX-512 / AVX2 / scalar kernels round
