@@ -78,3 +78,21 @@ def test_the_parser_sees_nesting_and_skips_descriptions() -> None:
         "after/ the block\n"
     )
     assert readme_layout(text) == {"a", "a/b", "a/b/c", "d"}
+
+
+def test_every_package_of_the_tree_ships_in_the_wheel() -> None:
+    # pyproject.toml lists the packages (migrations/ is mapped into registry, which
+    # discovery cannot do); a new subpackage missing from the list would be left out of the
+    # wheel (.ci/wheel-check builds one to see; this says so in a second).
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    listed = set(config["tool"]["setuptools"]["packages"])
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("registry", "gates", "tui", "cli")
+        for p in (ROOT / top).rglob("__init__.py")
+        if "__pycache__" not in p.parts
+    } | {"registry.migrations"}
+    assert found - listed == set(), f"add to [tool.setuptools] packages: {sorted(found - listed)}"
+    assert listed - found == set(), f"listed but not in the tree: {sorted(listed - found)}"
