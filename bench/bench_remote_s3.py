@@ -12,6 +12,11 @@ bench/README.md for the figures and what they mean).
    download_file (default TransferConfig, and 64 MiB parts x 8 threads);
 4. `aws s3 sync` of the pushed store's blob directory, up and down, if awscli is found.
 
+5. (issue 17, `--issue17` runs only this) push vs a raw `upload_file` with the same
+   checksums (the registry's part size and CRC32 part checksums), interleaved rounds,
+   medians of wall and client CPU time; then the peak RSS of a pull (a fresh process
+   each, VmHWM) of a SMALL and a SIZE bundle, interleaved, and their ratio.
+
 moto runs in its own process (`python -m moto.server`) so it does not share the GIL with
 the client; on a 2-core machine it still shares the CPUs, so every figure here is a ratio
 from one run, not an absolute speed of S3.
@@ -30,6 +35,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -120,11 +126,148 @@ def rate(nbytes: int, seconds: float) -> str:
     return f"{nbytes / MiB / seconds:.1f} MiB/s"
 
 
+PULL_SCRIPT = """
+import resource, sys, time
+sys.path.insert(0, sys.argv[3])
+from pathlib import Path
+from registry.remotes.base import open_remote
+from registry.repo import Registry
+reg = Registry.open(Path(sys.argv[1]))
+t = time.perf_counter()
+open_remote(reg, "origin").pull(reg, sys.argv[2], actor="bench")
+hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")]
+print(time.perf_counter() - t, int(hwm[0].split()[1]) if hwm else
+      resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""  # VmHWM: ru_maxrss keeps the forking parent's peak across exec on Linux
+
+
+def clear_prefix(s3: Any, prefix: str) -> None:
+    """Delete every object under `prefix` (moto slows down as it holds more)."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket="bench", Prefix=prefix)
+    for page in pages:
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket="bench", Delete={"Objects": keys})
+
+
+def cpu_timed(fn) -> tuple[float, float, object]:  # noqa: ANN001
+    """(wall s, this process's CPU s over all its threads, result)."""
+    c, t = time.process_time(), time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, time.process_time() - c, out
+
+
+def issue17(work: Path, endpoint: str, s3: Any, size_mib: int, small_mib: int,
+            rounds: int) -> dict[str, object]:  # fmt: skip
+    """Push vs raw upload with the same checksums; pull peak RSS at two sizes."""
+    import statistics
+
+    from registry.remotes.base import add_remote, open_remote
+    from registry.remotes.s3 import PART_CHECKSUM, upload_config
+    from registry.repo import Registry
+
+    med = statistics.median
+    (work / "p17").mkdir()
+    (work / "p17s").mkdir()
+    print(f"issue 17: building {size_mib} and {small_mib} MiB bundles ...", flush=True)
+    big = make_project(work / "p17", size_mib * MiB)
+    small = make_project(work / "p17s", small_mib * MiB)
+    reg = Registry.init(work / "r17")
+    tag_big = add(reg, big["base"], big["adapter1"])
+    tag_small = add(reg, small["base"], small["adapter1"])
+    blob = big["base"] / "model.safetensors"
+    fsize = blob.stat().st_size
+    extra = {"ChecksumAlgorithm": PART_CHECKSUM}
+
+    def raw() -> tuple[float, float]:
+        cfg = upload_config()
+        t, c, _ = cpu_timed(
+            lambda: s3.upload_file(str(blob), "bench", "raw/up", Config=cfg, ExtraArgs=extra)
+        )
+        s3.delete_object(Bucket="bench", Key="raw/up")
+        return t, c
+
+    def push(i: int) -> tuple[float, float]:
+        add_remote(reg, f"p{i}", f"s3://bench/push17-{i}", endpoint_url=endpoint)
+        remote = open_remote(reg, f"p{i}")
+        t, c, r = cpu_timed(lambda: remote.push(reg, tag_big, actor="bench"))
+        sent.append(r.bytes_sent)
+        clear_prefix(s3, f"push17-{i}/")
+        return t, c
+
+    raws, pushes, sent = [], [], []
+    for i in range(rounds):
+        order = ("raw", "push") if i % 2 == 0 else ("push", "raw")
+        for what in order:
+            got = raw() if what == "raw" else push(i)
+            (raws if what == "raw" else pushes).append(got)
+            print(f"  round {i + 1} {what}: {got[0]:.2f} s wall, {got[1]:.2f} s CPU", flush=True)
+    ratios = [p[0] / r[0] for p, r in zip(pushes, raws, strict=True)]
+    # per byte: the push also sends the adapter and manifests (bytes_sent > the shard)
+    per_byte = [(p[0] / n) / (r[0] / fsize) for p, r, n in zip(pushes, raws, sent, strict=True)]
+    cpu_ratios = [p[1] / r[1] for p, r in zip(pushes, raws, strict=True)]
+    out: dict[str, object] = {
+        "part_checksum": PART_CHECKSUM,
+        "push_s": [p[0] for p in pushes], "raw_same_checksums_s": [r[0] for r in raws],
+        "push_cpu_s": [p[1] for p in pushes], "raw_cpu_s": [r[1] for r in raws],
+        "push_bytes_sent": sent[0], "raw_bytes": fsize,
+        "push_vs_raw_median_of_ratios": med(ratios),
+        "push_vs_raw_per_byte_median": med(per_byte),
+        "push_vs_raw_ratio_of_medians": med(p[0] for p in pushes) / med(r[0] for r in raws),
+        "push_vs_raw_cpu_median_of_ratios": med(cpu_ratios),
+    }  # fmt: skip
+    print(f"push / raw upload_file ({PART_CHECKSUM} parts): wall {med(ratios):.3f}"
+          f" (median of {rounds}; per round {', '.join(f'{r:.3f}' for r in ratios)});"
+          f" per byte sent {med(per_byte):.3f};"
+          f" CPU {med(cpu_ratios):.3f}", flush=True)  # fmt: skip
+
+    add_remote(reg, "pull17", "s3://bench/pull17", endpoint_url=endpoint)
+    pusher = open_remote(reg, "pull17")
+    pusher.push(reg, tag_small, actor="bench")
+    pusher.push(reg, tag_big, actor="bench")
+    reg.close()
+    rss: dict[int, list[float]] = {small_mib: [], size_mib: []}
+    secs: dict[int, list[float]] = {small_mib: [], size_mib: []}
+    for i in range(rounds):
+        for mib in (small_mib, size_mib) if i % 2 == 0 else (size_mib, small_mib):
+            path = work / f"pull-{i}-{mib}"
+            Registry.init(path).close()
+            r = Registry.open(path)
+            add_remote(r, "origin", "s3://bench/pull17", endpoint_url=endpoint)
+            r.close()
+            tag = tag_small if mib == small_mib else tag_big
+            got = subprocess.run([sys.executable, "-c", PULL_SCRIPT, str(path), tag, str(ROOT)],
+                                 check=True, capture_output=True, text=True)  # fmt: skip
+            t, kib = got.stdout.split()[-2:]
+            rss[mib].append(int(kib) / 1024)
+            secs[mib].append(float(t))
+            print(f"  round {i + 1} pull {mib} MiB: {float(t):.1f} s, peak RSS"
+                  f" {int(kib) / 1024:.0f} MiB", flush=True)  # fmt: skip
+            shutil.rmtree(path)
+    out.update({
+        "pull_peak_rss_mib": {str(k): v for k, v in rss.items()},
+        "pull_s": {str(k): v for k, v in secs.items()},
+        "pull_rss_ratio_large_vs_small": med(rss[size_mib]) / med(rss[small_mib]),
+        "pull_mib_s_large": size_mib / med(secs[size_mib]),
+    })  # fmt: skip
+    print(f"pull peak RSS: {small_mib} MiB bundle {med(rss[small_mib]):.0f} MiB,"
+          f" {size_mib} MiB bundle {med(rss[size_mib]):.0f} MiB (medians; ratio"
+          f" {out['pull_rss_ratio_large_vs_small']:.3f})", flush=True)  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--aws", default=shutil.which("aws"), help="awscli executable")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument(
+        "--issue17",
+        action="store_true",
+        help="run only section 5 (push vs same-checksum upload, pull RSS)",
+    )
+    parser.add_argument("--small-mib", type=int, default=256, help="section 5's small bundle")
+    parser.add_argument("--rounds", type=int, default=3, help="section 5's interleaved rounds")
     args = parser.parse_args()
     os.environ.update(ENV)
     import boto3
@@ -139,6 +282,11 @@ def main() -> None:
     try:
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="bench")
+        if args.issue17:
+            results.update(issue17(work, endpoint, s3, args.size_mib, args.small_mib,
+                                   args.rounds))  # fmt: skip
+            print(json.dumps(results, indent=2))
+            return
         size = args.size_mib * MiB
         print(f"building a {args.size_mib} MiB base in {work} ...", flush=True)
         proj = make_project(work, size)

@@ -28,12 +28,17 @@ to missing data. Refs are written with conditional requests: a version with
 `If-None-Match: *` (versions never move), a channel with `If-Match: <etag it was read
 with>` (two pushers cannot overwrite each other silently).
 
-Every blob is re-hashed while it uploads, and the request that makes the object exist
-(PutObject, or CompleteMultipartUpload after the parts) waits for that hash: a corrupt
-local blob is never completed on the remote. Single-part uploads also send our sha256 as
-`ChecksumSHA256` (S3 rejects a mismatch); multipart uploads send per-part SHA-256
-checksums (the object's checksum is then composite, not our digest). Downloads stream
-into a BlobSink that hashes, fsyncs and verifies before the blob enters the store.
+Every blob is re-hashed (SHA-256, the one cryptographic hash of each byte on the client)
+while it uploads, and the request that makes the object exist (PutObject, or
+CompleteMultipartUpload after the parts) waits for that hash: a corrupt local blob is
+never completed on the remote. Single-part uploads also send our sha256 as
+`ChecksumSHA256` (S3 rejects a mismatch); multipart uploads send a CRC32 checksum per part
+(`PART_CHECKSUM`: zlib's C CRC, about 10x cheaper than a second SHA-256 of every byte; S3
+rejects a part whose bytes do not match it). The object's identity stays our sha256,
+which every pull re-verifies. Downloads write each part at its offset in a temp file
+(`OffsetSink`: nothing is buffered, so memory is flat in the blob size) and hash the bytes
+in file order as the written prefix grows; the blob is fsync'd and verified before it
+enters the store.
 
 Credentials come only from the usual AWS chain (environment, profile, SSO, instance role).
 Every boto3/botocore failure is translated in one place (`S3Remote.errors`) into a
@@ -47,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -69,7 +75,6 @@ from registry.remotes.sync import (
     MAX_CREATION_RECORD,
     MAX_PUBLIC_KEY,
     MAX_SIGNATURE,
-    BlobSink,
     BundleBlobs,
     Creation,
     TrustRecords,
@@ -79,6 +84,7 @@ from registry.remotes.sync import (
     hex_name,
     import_bundle,
     import_trust,
+    install,
     key_hex,
     key_id_of,
     load_local,
@@ -116,6 +122,10 @@ REFUSED_CODES = (
     "AllAccessDisabled",
     "AccountProblem",
 )
+# Downloaded chunks (io_chunksize, 256 KiB) waiting for the one IO thread to write them:
+# the bound on what a pull holds in memory beyond its threads' read buffers (8 MiB).
+DOWNLOAD_IO_QUEUE = 32
+PART_CHECKSUM = "CRC32"  # multipart part checksum; the whole-object identity is our sha256
 HEAD_LIMIT = 16  # up to this many blobs: one HEAD each; more: one listing of blobs/
 STALE_UPLOAD_S = 24 * 3600  # incomplete multipart uploads older than this are aborted
 
@@ -136,10 +146,14 @@ def upload_config() -> Any:
 def download_config() -> Any:
     """Transfer tuning for downloads: large parts (an S3 GET has a high fixed cost, moto's
     especially: it reads the whole object for each ranged GET) and 8 threads."""
-    return _transfer_config("REGISTRY_S3_DOWNLOAD_PART_MB", 64, concurrency=8)
+    return _transfer_config(
+        "REGISTRY_S3_DOWNLOAD_PART_MB", 64, concurrency=8, io_queue=DOWNLOAD_IO_QUEUE
+    )
 
 
-def _transfer_config(part_env: str, part_mb: int, *, concurrency: int) -> Any:
+def _transfer_config(
+    part_env: str, part_mb: int, *, concurrency: int, io_queue: int | None = None
+) -> Any:
     from boto3.s3.transfer import TransferConfig
 
     part = _env_int(part_env, part_mb) * MiB
@@ -147,6 +161,7 @@ def _transfer_config(part_env: str, part_mb: int, *, concurrency: int) -> Any:
         multipart_threshold=part,
         multipart_chunksize=part,
         max_concurrency=_env_int("REGISTRY_S3_CONCURRENCY", concurrency),
+        max_io_queue=io_queue,  # None: boto3's default (100 chunks)
         use_threads=True,
         preferred_transfer_client="classic",
     )
@@ -189,6 +204,134 @@ def _subscribers(size: int, on_bytes: Callable[[int], None] | None) -> list[Any]
                 on_bytes(bytes_transferred)
 
     return [Sub()]
+
+
+HASH_READ = MiB  # bytes read back per step when the hashed prefix catches up
+
+
+class OffsetSink:
+    """A seekable, write-only file that becomes blob `digest` only if its bytes match.
+
+    s3transfer writes each downloaded chunk at its offset (seek, then write; one IO thread
+    at a time), so parts arriving out of order go straight to disk instead of waiting in
+    memory. The sha256 is computed in file order over what landed on disk: whenever the
+    written range reaching from the start grows, the new bytes are read back (the page
+    cache) and hashed, so every byte is hashed once, while the download runs. A part
+    retried after a cut rewrites the same offsets: bytes already hashed are not hashed
+    again. `commit` checks size and digest, fsyncs and renames into the store; anything
+    else is discarded.
+    """
+
+    def __init__(self, store: Any, digest: str, size: int) -> None:
+        self.store = store
+        self.digest = digest
+        self.size = size
+        self._pos = 0
+        self._hash = hashlib.sha256()
+        self.hashed = 0  # bytes [0, hashed) are on disk and in the hash
+        self._pending: list[tuple[int, int]] = []  # written ranges past `hashed`, disjoint
+        self.max_pending = 0  # most disjoint ranges held at once (a test reads it)
+        self._fd: int | None = None  # the temp file is created on first write
+        self.tmp: Path | None = None
+        self._done = False
+
+    def seekable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR:
+            offset += self._pos
+        elif whence == os.SEEK_END:
+            offset += self.size
+        if offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = offset
+        return offset
+
+    def tell(self) -> int:
+        return self._pos
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = len(data)
+        start, end = self._pos, self._pos + n
+        if end > self.size:
+            raise IntegrityError(f"blob {short(self.digest)} is longer than {self.size} bytes")
+        fd = self._open()
+        view = memoryview(data)
+        off = start
+        while view:
+            k = os.pwrite(fd, view, off)
+            view, off = view[k:], off + k
+        self._pos = end
+        if end > self.hashed:
+            self._add(max(start, self.hashed), end)
+            self._advance()
+        return n
+
+    def _add(self, start: int, end: int) -> None:
+        """Merge [start, end) into the pending ranges (kept sorted and disjoint)."""
+        merged: list[tuple[int, int]] = []
+        for s, e in self._pending:
+            if e < start or s > end:
+                merged.append((s, e))
+            else:
+                start, end = min(s, start), max(e, end)
+        merged.append((start, end))
+        merged.sort()
+        self._pending = merged
+        self.max_pending = max(self.max_pending, len(merged))
+
+    def _advance(self) -> None:
+        """Hash the bytes on disk from `hashed` up to the end of the range touching it."""
+        if not self._pending or self._pending[0][0] > self.hashed:
+            return
+        _s, end = self._pending.pop(0)
+        assert self._fd is not None
+        while self.hashed < end:
+            chunk = os.pread(self._fd, min(HASH_READ, end - self.hashed), self.hashed)
+            if not chunk:  # cannot happen: the bytes were just written
+                raise IntegrityError(f"blob {short(self.digest)}: temp file shrank")
+            self._hash.update(chunk)
+            self.hashed += len(chunk)
+
+    def commit(self) -> None:
+        """Verify and install; raises IntegrityError (and discards) on any mismatch."""
+        try:
+            actual = f"sha256:{self._hash.hexdigest()}"
+            if self.hashed != self.size or self._pending or actual != self.digest:
+                raise IntegrityError(
+                    f"downloaded blob {short(self.digest)} does not match its digest"
+                    f" ({self.hashed} bytes in order, {short(actual)})",
+                    "The remote copy is corrupt; nothing referencing it was imported.",
+                )
+            fd = self._open()
+            os.fsync(fd)
+            self._close()
+            assert self.tmp is not None
+            install(self.store, self.tmp, self.digest)
+            self._done = True
+        except BaseException:
+            self.discard()
+            raise
+
+    def discard(self) -> None:
+        """Drop the temp file (nothing to do once committed)."""
+        self._close()
+        if self.tmp is not None and not self._done:
+            self.tmp.unlink(missing_ok=True)
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd, self.tmp = self.store._tmpfile()
+        return self._fd
+
+    def _close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class S3Remote:
@@ -341,7 +484,6 @@ class S3Remote:
 
     def _put_if(self, key: str, data: bytes, **conditions: Any) -> bool:
         """PUT with a condition (IfNoneMatch / IfMatch); False if the condition failed."""
-        import hashlib
 
         try:
             self.client.put_object(
@@ -620,7 +762,10 @@ class S3Remote:
         makes the object exist (PutObject, or CompleteMultipartUpload after the parts) waits
         for that hash and is refused if the bytes do not match the digest, so a rotten
         local blob never becomes a remote one (boto3 then aborts the multipart upload).
-        The parts themselves read the file in parallel, as a plain upload_file does.
+        The parts themselves read the file in parallel, as a plain upload_file does, and
+        carry a CRC32 each (botocore computes it in C): the only SHA-256 of the bytes on the
+        client is the verify pass (over plain http SigV4 also signs each payload, as it does
+        for any upload; over https the payload is unsigned and the CRC32 goes in a trailer).
         """
         if not blobs:
             return
@@ -655,7 +800,7 @@ class S3Remote:
                     extra = (
                         {"ChecksumSHA256": sha}  # S3 checks the whole object against it
                         if size < config.multipart_threshold
-                        else {"ChecksumAlgorithm": "SHA256"}  # a SHA-256 for every part
+                        else {"ChecksumAlgorithm": PART_CHECKSUM}  # a CRC32 for every part
                     )
                     futures.append(tm.upload(str(path), self.bucket, key, extra_args=extra,
                                              subscribers=_subscribers(size, on_bytes)))  # fmt: skip
@@ -842,27 +987,34 @@ class S3Remote:
         label: str,
     ) -> None:
         """Download blobs in parallel into verifying sinks; each enters the store as soon
-        as it is complete and sound, so a re-run fetches only what is still missing."""
+        as it is complete and sound, so a re-run fetches only what is still missing.
+
+        Memory is bounded whatever the blob sizes: the sinks are seekable, so each chunk
+        goes straight to its offset on disk; what is in memory at once is s3transfer's IO
+        queue (at most DOWNLOAD_IO_QUEUE chunks of 256 KiB: 8 MiB; a full queue makes the
+        download threads wait) plus one read buffer per thread and the sinks' 1 MiB
+        hashing reads."""
         if not blobs:
             return
         from boto3.s3.transfer import create_transfer_manager
 
         reg.store.init()
         on_bytes = progress(label, sum(blobs.values())) if progress else None
-        sinks: list[BlobSink] = []
+        sinks: list[OffsetSink] = []
         first_error: BaseException | None = None
         try:
             with create_transfer_manager(self.client, download_config()) as tm:
                 futures = []
                 for digest, size in sorted(blobs.items(), key=lambda kv: -kv[1]):
-                    sink = BlobSink(reg.store, digest, size)
+                    sink = OffsetSink(reg.store, digest, size)
                     sinks.append(sink)
                     futures.append(
                         tm.download(
                             self.bucket,
                             self.blob_key(digest),
-                            # s3transfer takes any writable file object (a non-seekable one
-                            # too); types-s3transfer declares IO[Any] | str | bytes.
+                            # A seekable file object: s3transfer writes each chunk at its
+                            # offset instead of buffering out-of-order parts (its non-seekable
+                            # path holds them in memory); types-s3transfer declares IO[Any].
                             sink,  # type: ignore[arg-type]
                             subscribers=_subscribers(size, on_bytes),
                         )

@@ -136,6 +136,8 @@ class Proxy:
         self._listener.listen(64)
         self.port = self._listener.getsockname()[1]
         self._stop = False
+        # mangle(data, upstream) -> data: rewrites bytes in flight (see flip_once)
+        self.mangle: Callable[[bytes, bool], bytes] | None = None
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -198,6 +200,8 @@ class Proxy:
                     time.sleep(len(data) / self.rate)
                 if self._cut:
                     break
+                if self.mangle is not None:
+                    data = self.mangle(data, upstream)
                 dst.sendall(data)
                 with self._lock:
                     if upstream:
@@ -250,6 +254,109 @@ def proxy(moto_server: str) -> Iterator[Proxy]:
     p = Proxy(int(moto_server.rsplit(":", 1)[1]))
     yield p
     p.close()
+
+
+def flip_once(marker: bytes, *, upstream: bool) -> Callable[[bytes, bool], bytes]:
+    """A Proxy.mangle that flips one byte of the first `marker` seen going one way (up:
+    client to server), once: a corrupted body in flight, never a header (the marker is
+    a run of bytes only a test file's content holds)."""
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def mangle(data: bytes, up: bool) -> bytes:
+        if up != upstream or done.is_set():
+            return data
+        with lock:
+            at = data.find(marker)
+            if at < 0 or done.is_set():
+                return data
+            done.set()
+            return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+    return mangle
+
+
+class ChecksumCheck:
+    """WSGI middleware that refuses a PUT whose body does not match the x-amz-checksum-crc32
+    / -sha256 header it carries (400 BadDigest), as S3 does. moto's server stores those
+    checksums without checking them; in front of it this makes corruption in flight
+    visible. Only plain (non-aws-chunked) bodies are checked: botocore sends those over
+    http."""
+
+    ALGOS = {"HTTP_X_AMZ_CHECKSUM_CRC32": "CRC32", "HTTP_X_AMZ_CHECKSUM_SHA256": "SHA256"}
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.refused = 0
+        self.seen: list[tuple[str, str]] = []  # (path, algorithm) of every body checked
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        import base64
+        import hashlib
+        import io
+        import zlib
+
+        wanted = [(h, a) for h, a in self.ALGOS.items() if h in environ]
+        if environ.get("REQUEST_METHOD") == "PUT" and wanted:
+            n = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(n) if n else b""
+            environ["wsgi.input"] = io.BytesIO(body)
+            for header, algo in wanted:
+                self.seen.append((environ.get("PATH_INFO", ""), algo))
+                raw = (
+                    zlib.crc32(body).to_bytes(4, "big")
+                    if algo == "CRC32"
+                    else hashlib.sha256(body).digest()
+                )
+                if base64.b64encode(raw).decode() != environ[header]:
+                    self.refused += 1
+                    msg = (f"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>BadDigest"
+                           f"</Code><Message>The {algo} you specified did not match the"
+                           " calculated checksum.</Message></Error>").encode()  # fmt: skip
+                    start_response("400 Bad Request", [("Content-Type", "application/xml"),
+                                                       ("Content-Length", str(len(msg)))])  # fmt: skip
+                    return [msg]
+        return self.app(environ, start_response)
+
+
+@pytest.fixture(scope="session")
+def checking_s3(moto_server: str) -> Iterator[tuple[str, ChecksumCheck]]:
+    """A second endpoint onto the same in-process moto state (buckets made through
+    `s3` are there) that checks body checksums like S3: yields (url, middleware)."""
+    from moto.moto_server.threaded_moto_server import MotoRequestHandler
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    check = ChecksumCheck(DomainDispatcherApplication(create_backend_app))
+    server = make_server("127.0.0.1", free_port(), check, True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", check
+    server.shutdown()
+
+
+@pytest.fixture(scope="module")
+def moto_process(aws_env: dict[str, str]) -> Iterator[str]:
+    """moto's S3 server in its own process (its memory is not this process's): yields
+    its endpoint URL. For tests that measure the client's memory."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(400):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 # --- registries ---------------------------------------------------------------------------
