@@ -26,7 +26,7 @@ from cli.context import (
 )
 from registry.config import ACTOR_HELP
 from registry.errors import RegistryError, UsageError
-from registry.output import echo, emit_json, err, human_size, paint, status, table
+from registry.output import echo, emit_json, err, human_size, paint, status
 
 # Help is plain text (rich_markup_mode=None), but Typer 0.20 still escapes "[required]"
 # for Rich whenever rich is installed, printing a stray backslash (fastapi/typer#1058).
@@ -189,6 +189,10 @@ def ls_cmd(
     remote: Annotated[
         str | None, typer.Option("--remote", "-r", help="List what this remote holds instead.")
     ] = None,
+    limit: Annotated[
+        int | None,
+        typer.Option("--limit", "-n", min=1, help="Only the first N bundles (default: all)."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List bundles, newest version first, with the channels that hold them (and the
@@ -209,31 +213,26 @@ def ls_cmd(
             echo(render_ls_remote(held, remote))
         return
     reg = open_registry()
-    items = bundles.list_bundles(reg, name)
-    reg.close()
-    if json_out:
-        emit_json(items)
-        return
-    if not items:
+    try:
+        if json_out:  # piped, on SQLite: each row's JSON built by SQLite (bundles.py)
+            text = (
+                None if sys.stdout.isatty() else bundles.list_bundles_json(reg, name, limit=limit)
+            )
+            if text is not None:
+                echo(text)
+            else:
+                emit_json(bundles.list_bundles(reg, name, limit=limit))
+            return
+        rows = bundles.ls_rows(reg, name, limit=limit)
+    finally:
+        reg.close()
+    if not rows.rows:
         echo("No bundles yet. Add one with `registry add NAME --base DIR --adapter DIR ...`.")
         return
-    echo(
-        table(
-            ["TAG", "DIGEST", "SIZE", "CREATED", "GATES", "CHANNELS"],
-            [
-                (
-                    r["tag"],
-                    r["digest"][:19],
-                    human_size(r["size"]),
-                    r["created_at"][:19].replace("T", " "),
-                    gate_counts(r["gates"]),
-                    ",".join(r["channels"] + r["remote_channels"]),
-                )
-                for r in items
-            ],
-        )
-    )
-    if any(r["remote_channels"] for r in items):
+    from registry.present import render_ls
+
+    echo(render_ls(rows, gate_counts))
+    if any(digest in rows.remote_channels for digest, *_ in rows.rows):
         echo("REMOTE/CHANNEL: remote-tracking view (read-only), as of the last pull")
 
 
@@ -332,7 +331,8 @@ def verify(
             "ok": report.ok and failure is None,
             "checked": report.checked,
             "problems": [
-                {"digest": p.digest, "reason": p.reason, "where": p.where} for p in report.problems
+                {"digest": p.digest, "reason": p.reason, "where": p.where, "bundles": p.bundles}
+                for p in report.problems
             ],
         }
         if public_keys:
@@ -340,7 +340,7 @@ def verify(
         emit_json(out)
     else:
         for p in report.problems:
-            echo(f"{paint(status('bad'))}  {p.digest}  {p.reason}  ({p.where})")
+            echo(f"{paint(status('bad'))}  {p.digest}  {p.reason}  ({p.where}{_also(p.bundles)})")
         state = (
             paint(status("ok", "ok"))
             if report.ok
@@ -354,6 +354,14 @@ def verify(
         raise failure
     if not report.ok or failure is not None:
         raise typer.Exit(1)
+
+
+def _also(tags: list[str]) -> str:
+    """`; in 3 bundles: a:v1, a:v2, b:v1` for a blob several bundles share (at most 5 named)."""
+    if len(tags) < 2:
+        return ""
+    named = ", ".join(tags[:5]) + (f", ... ({len(tags) - 5} more)" if len(tags) > 5 else "")
+    return f"; in {len(tags)} bundles: {named}"
 
 
 @app.command()

@@ -199,27 +199,112 @@ def load_component(reg: Registry, desc: Descriptor) -> ComponentManifest:
     return ComponentManifest.from_bytes(reg.store.read_bytes(desc.digest))
 
 
-def list_bundles(reg: Registry, name: str | None = None) -> list[dict[str, Any]]:
-    """Every bundle (or one name's), newest version first, with the channels that hold it."""
+def _ls_sql(select: str, name: str | None, limit: int | None, *, sqlite: bool = False) -> str:
+    """The listing query. A full listing on SQLite scans the table and sorts once (NOT
+    INDEXED): walking the name index costs a row lookup per bundle, 1.5-2x slower."""
+    where = " WHERE name = :n" if name else (" NOT INDEXED" if sqlite else "")
+    return f"SELECT {select} FROM bundle{where} ORDER BY name, version DESC" + (
+        " LIMIT :lim" if limit is not None else ""
+    )
+
+
+def _tuples(conn: Any, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Plain row tuples: on SQLite straight from the cursor (no Row object per row)."""
+    if conn.postgres:
+        return [tuple(r) for r in conn.execute(sql, params)]
+    return list(conn.raw.execute(sql, params).fetchall())
+
+
+def _ls_extras(
+    conn: Any, name: str | None
+) -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, dict[str, int]]]:
+    """Channels, remote-tracking views and latest gate counts by bundle digest (small
+    tables: these are read whole, the bundle table row by row)."""
     where = " WHERE name = :n" if name else ""
+    held: dict[str, list[str]] = {}
+    for ch in conn.execute(f"SELECT channel, bundle_digest FROM channel{where}", {"n": name}):
+        held.setdefault(ch[1], []).append(ch[0])
+    tracked: dict[str, list[str]] = {}
+    for t in tracking.views(conn, name):
+        tracked.setdefault(t["bundle_digest"], []).append(t["view"])
+    return held, tracked, gate_runs.latest_statuses(conn)
+
+
+def list_bundles(
+    reg: Registry, name: str | None = None, *, limit: int | None = None
+) -> list[dict[str, Any]]:
+    """Every bundle (or one name's; the first `limit`), newest version first, with the
+    channels that hold it."""
     with reg.db.read() as conn:
         out = conn.execute(
-            f"SELECT {refs.BUNDLE_COLUMNS} FROM bundle{where} ORDER BY name, version DESC",
-            {"n": name},
+            _ls_sql(refs.BUNDLE_COLUMNS, name, limit, sqlite=not conn.postgres),
+            {"n": name, "lim": limit},
         ).dicts()
-        held: dict[str, list[str]] = {}
-        for ch in conn.execute(f"SELECT channel, bundle_digest FROM channel{where}", {"n": name}):
-            held.setdefault(ch[1], []).append(ch[0])
-        tracked: dict[str, list[str]] = {}
-        for t in tracking.views(conn, name):
-            tracked.setdefault(t["bundle_digest"], []).append(t["view"])
-        gates = gate_runs.latest_statuses(conn)
+        held, tracked, gates = _ls_extras(conn, name)
     for r in out:
         r["tag"] = f"{r['name']}:v{r['version']}"
         r["channels"] = sorted(held.get(r["digest"], []))
         r["remote_channels"] = tracked.get(r["digest"], [])  # read-only REMOTE/CHANNEL views
         r["gates"] = gates.get(r["digest"], {})
     return out
+
+
+# list_bundles's keys, sorted (as `emit_json` sorts them), for the SQL-built JSON
+_JSON_ROW = (
+    "json_object('channels', json('[]'), 'created_at', created_at, 'created_by', created_by,"
+    " 'digest', digest, 'gates', json('{}'), 'name', name, 'parent', parent,"
+    " 'remote_channels', json('[]'), 'size', size, 'tag', name || ':v' || version,"
+    " 'version', version)"
+)
+
+
+def list_bundles_json(
+    reg: Registry, name: str | None = None, *, limit: int | None = None
+) -> str | None:
+    """list_bundles's result as compact JSON text, each row built by SQLite's JSON functions
+    (100,000 bundles in a fraction of the time of dicts and json.dumps); rows with channels,
+    tracking views or gate runs are completed here. None on PostgreSQL: use list_bundles."""
+    if reg.db.postgres:
+        return None
+    with reg.db.read() as conn:
+        rows = _tuples(
+            conn,
+            _ls_sql(f"digest, {_JSON_ROW}", name, limit, sqlite=True),
+            {"n": name, "lim": limit},
+        )
+        held, tracked, gates = _ls_extras(conn, name)
+    extra = held.keys() | tracked.keys() | gates.keys()
+    parts = [r[1] for r in rows]
+    if extra:
+        for i, (digest, text) in enumerate(rows):
+            if digest in extra:
+                row = json.loads(text)
+                row["channels"] = sorted(held.get(digest, []))
+                row["remote_channels"] = tracked.get(digest, [])
+                row["gates"] = gates.get(digest, {})
+                parts[i] = json.dumps(row, sort_keys=True, separators=(",", ":"))
+    return "[" + ",".join(parts) + "]"
+
+
+@dataclass(frozen=True)
+class Listing:
+    """What `registry ls` shows, without a dict per bundle: `rows` are (digest, name,
+    version, size, created_at) tuples in list order; the small tables by bundle digest."""
+
+    rows: list[tuple[str, str, int, int | None, str]]
+    channels: dict[str, list[str]]  # sorted
+    remote_channels: dict[str, list[str]]  # read-only REMOTE/CHANNEL views
+    gates: dict[str, dict[str, int]]  # latest status counts
+
+
+def ls_rows(reg: Registry, name: str | None = None, *, limit: int | None = None) -> Listing:
+    """The bundles `registry ls` lists (or one name's; the first `limit`), as a Listing."""
+    with reg.db.read() as conn:
+        sql = _ls_sql("digest, name, version, size, created_at", name, limit,
+                      sqlite=not conn.postgres)  # fmt: skip
+        rows = _tuples(conn, sql, {"n": name, "lim": limit})
+        held, tracked, gates = _ls_extras(conn, name)
+    return Listing(rows, {d: sorted(c) for d, c in held.items()}, tracked, gates)
 
 
 def show(reg: Registry, ref: str) -> dict[str, Any]:

@@ -5,6 +5,9 @@ evidence and signed attestation, every policy an event names. A blob no root rea
 removed only if it is older than the grace period: a concurrent `add` may have just written
 it and not yet inserted the row that references it (adds refresh the mtime of blobs they
 reuse).
+The walk is `registry.verify.referenced`: each unique manifest is read, hashed and parsed
+once per run (memoized by digest), so 10,000 bundles sharing components cost their own
+10,000 bundle manifests, and a blob reached from any bundle is kept.
 Stale temp files from interrupted writes are removed under the same rule, and never one
 whose writer (the pid in its name) is still running.
 

@@ -181,7 +181,7 @@ class BundleManifest:
             raise InvalidInputError("bundle components and annotations must be objects")
         return cls(
             name=data["name"],
-            components={k: Descriptor.from_dict(v, f"component {k}") for k, v in comps.items()},
+            components={k: _descriptor(v, f"component {k}") for k, v in comps.items()},
             parent=data["parent"],
             annotations=data["annotations"],
         )
@@ -189,6 +189,26 @@ class BundleManifest:
     @classmethod
     def from_bytes(cls, data: bytes) -> BundleManifest:
         return cls.from_dict(_loads(data, "bundle manifest"))
+
+
+_DESCRIPTORS: dict[tuple[str, int], Descriptor] = {}
+_DESCRIPTORS_MAX = 4096
+
+
+def _descriptor(data: Any, what: str) -> Descriptor:
+    """Descriptor.from_dict, memoized for the exact (str digest, int size) pairs it accepted:
+    10,000 bundle manifests naming the same six components validate six descriptors."""
+    if type(data) is dict and len(data) == 2:
+        digest, size = data.get("digest"), data.get("size")
+        if type(digest) is str and type(size) is int:  # not bool, not an unhashable value
+            if (hit := _DESCRIPTORS.get((digest, size))) is not None:
+                return hit
+            desc = Descriptor.from_dict(data, what)
+            if len(_DESCRIPTORS) >= _DESCRIPTORS_MAX:
+                _DESCRIPTORS.clear()
+            _DESCRIPTORS[(digest, size)] = desc
+            return desc
+    return Descriptor.from_dict(data, what)
 
 
 def _loads(data: bytes, what: str) -> Any:

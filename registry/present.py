@@ -1,11 +1,15 @@
-"""Text rendering of `show` and `diff` results for the terminal."""
+"""Text rendering of `ls`, `show` and `diff` results for the terminal."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
-from registry.output import human_size
+from registry.output import colour_enabled, human_size, paint
+
+if TYPE_CHECKING:
+    from registry.bundles import Listing
 
 KEY_META = {
     "base_model": (
@@ -98,3 +102,39 @@ def who(row: dict[str, Any]) -> str:
     """An event's WHO: the authenticated actor, its display name, its key if signed."""
     text = row["actor"] + (f' "{row["display"]}"' if row.get("display") else "")
     return text + (f" [{row['signer']}]" if row.get("signer") else "")
+
+
+LS_HEADERS = ("TAG", "DIGEST", "SIZE", "CREATED", "GATES", "CHANNELS")
+
+
+def render_ls(
+    listing: Listing, gates: Callable[[dict[str, int]], str], stream: TextIO | None = None
+) -> str:
+    """The `registry ls` table of a `bundles.Listing`, aligned like `output.table` but
+    built in two plain passes (100,000 bundles): the GATES cell (`gates(counts)`, maybe
+    Styled) is padded before it is painted."""
+    held, remote, counts = listing.channels, listing.remote_channels, listing.gates
+    cells = []
+    for digest, name, version, size, created in listing.rows:
+        gate = gates(counts[digest]) if digest in counts else "-"
+        chans = (
+            held.get(digest, []) + remote.get(digest, [])
+            if digest in held or digest in remote
+            else []
+        )
+        cells.append((f"{name}:v{version}", digest[:19], human_size(size),
+                      created[:19].replace("T", " "), gate, ",".join(chans)))  # fmt: skip
+    columns = list(zip(*cells, strict=True))[:5] if cells else [()] * 5
+    w = [
+        max(len(h), max(map(len, col), default=0))
+        for h, col in zip(LS_HEADERS[:5], columns, strict=True)
+    ]
+    colour = colour_enabled(stream)
+    head = "  ".join(h.ljust(n) for h, n in zip(LS_HEADERS[:5], w, strict=True))
+    lines = [f"{head}  {LS_HEADERS[5]}"]
+    w0, w1, w2, w3, w4 = w
+    for tag, short, shown, when, gate, held_by in cells:
+        gate_text = (paint(gate, stream) if colour else str(gate)) + " " * (w4 - len(gate))
+        line = f"{tag:<{w0}}  {short:<{w1}}  {shown:<{w2}}  {when:<{w3}}  {gate_text}  {held_by}"
+        lines.append(line if held_by else line.rstrip())
+    return "\n".join(lines)
