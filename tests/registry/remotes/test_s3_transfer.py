@@ -250,9 +250,12 @@ def test_pull_memory_is_flat_in_the_blob_size(
     make_registry, tiny, moto_process: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Peak Python memory of a pull (tracemalloc; moto runs in its own process) for an
-    8 MiB and a 48 MiB blob with 8 MiB parts and 8 threads: out-of-order parts are written
-    at their offsets, not held, so the larger pull needs no more than the smaller one
-    plus a little (holding them would cost up to seven 8 MiB parts)."""
+    8 MiB and a 96 MiB blob with 8 MiB parts and 8 threads: out-of-order parts are written
+    at their offsets, not held, so the larger pull needs at most the smaller one plus what
+    the design bounds: the IO queue (DOWNLOAD_IO_QUEUE chunks of 256 KiB) and a chunk per
+    thread. Holding parts costs up to seven 8 MiB parts (the old sink: 21.4 MiB at 48 MiB).
+    Under load the IO queue does fill (seen in CI: +8.2 MiB at 48 MiB), so the bound is the
+    design's, not the idle machine's figure."""
     import boto3
 
     from registry.remotes.base import open_remote
@@ -264,7 +267,7 @@ def test_pull_memory_is_flat_in_the_blob_size(
     bucket = "flat-memory"
     boto3.client("s3", endpoint_url=moto_process).create_bucket(Bucket=bucket)
     peaks = {}
-    for size in (8 * MiB, 48 * MiB):
+    for size in (8 * MiB, 96 * MiB):
         tag = f"s{size // MiB}"
         a, b = make_registry(f"a{tag}"), make_registry(f"b{tag}")
         base = marked_base(tiny, a.parent / f"base{tag}", size, seed=size)
@@ -286,6 +289,9 @@ def test_pull_memory_is_flat_in_the_blob_size(
         finally:
             reg_b.close()
         assert "ok" in cli_ok(b, "verify", "support-bot:v1")
-    small, large = peaks[8 * MiB], peaks[48 * MiB]
-    assert large < small + 8 * MiB, peaks
-    assert large < 24 * MiB, peaks
+    from registry.remotes.s3 import DOWNLOAD_IO_QUEUE
+
+    chunk = 256 * 1024  # s3transfer's io_chunksize
+    bound = (DOWNLOAD_IO_QUEUE + 8) * chunk + 2 * MiB  # queue + a chunk per thread + slack
+    small, large = peaks[8 * MiB], peaks[96 * MiB]
+    assert large < small + bound, (peaks, bound)  # holding parts: up to 56 MiB more
