@@ -75,6 +75,7 @@ from registry.remotes.sync import (
     MAX_CREATION_RECORD,
     MAX_PUBLIC_KEY,
     MAX_SIGNATURE,
+    BlobSink,
     BundleBlobs,
     Creation,
     TrustRecords,
@@ -84,7 +85,6 @@ from registry.remotes.sync import (
     hex_name,
     import_bundle,
     import_trust,
-    install,
     key_hex,
     key_id_of,
     load_local,
@@ -209,7 +209,7 @@ def _subscribers(size: int, on_bytes: Callable[[int], None] | None) -> list[Any]
 HASH_READ = MiB  # bytes read back per step when the hashed prefix catches up
 
 
-class OffsetSink:
+class OffsetSink(BlobSink):
     """A seekable, write-only file that becomes blob `digest` only if its bytes match.
 
     s3transfer writes each downloaded chunk at its offset (seek, then write; one IO thread
@@ -218,27 +218,23 @@ class OffsetSink:
     written range reaching from the start grows, the new bytes are read back (the page
     cache) and hashed, so every byte is hashed once, while the download runs. A part
     retried after a cut rewrites the same offsets: bytes already hashed are not hashed
-    again. `commit` checks size and digest, fsyncs and renames into the store; anything
-    else is discarded.
+    again. `commit` and `discard` are BlobSink's: size and digest checked, fsync, rename
+    into the store; anything else is discarded (a range never hashed leaves `written`
+    short of the size).
     """
 
     def __init__(self, store: Any, digest: str, size: int) -> None:
-        self.store = store
-        self.digest = digest
-        self.size = size
+        super().__init__(store, digest, size)  # `written`: bytes [0, written) hashed
         self._pos = 0
-        self._hash = hashlib.sha256()
-        self.hashed = 0  # bytes [0, hashed) are on disk and in the hash
-        self._pending: list[tuple[int, int]] = []  # written ranges past `hashed`, disjoint
+        self._pending: list[tuple[int, int]] = []  # written ranges past `written`, disjoint
         self.max_pending = 0  # most disjoint ranges held at once (a test reads it)
-        self._fd: int | None = None  # the temp file is created on first write
-        self.tmp: Path | None = None
-        self._done = False
+
+    @property
+    def hashed(self) -> int:
+        """Bytes from the start that are on disk and in the hash."""
+        return self.written
 
     def seekable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
         return True
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
@@ -266,8 +262,8 @@ class OffsetSink:
             k = os.pwrite(fd, view, off)
             view, off = view[k:], off + k
         self._pos = end
-        if end > self.hashed:
-            self._add(max(start, self.hashed), end)
+        if end > self.written:
+            self._add(max(start, self.written), end)
             self._advance()
         return n
 
@@ -286,52 +282,16 @@ class OffsetSink:
 
     def _advance(self) -> None:
         """Hash the bytes on disk from `hashed` up to the end of the range touching it."""
-        if not self._pending or self._pending[0][0] > self.hashed:
+        if not self._pending or self._pending[0][0] > self.written:
             return
         _s, end = self._pending.pop(0)
         assert self._fd is not None
-        while self.hashed < end:
-            chunk = os.pread(self._fd, min(HASH_READ, end - self.hashed), self.hashed)
+        while self.written < end:
+            chunk = os.pread(self._fd, min(HASH_READ, end - self.written), self.written)
             if not chunk:  # cannot happen: the bytes were just written
                 raise IntegrityError(f"blob {short(self.digest)}: temp file shrank")
             self._hash.update(chunk)
-            self.hashed += len(chunk)
-
-    def commit(self) -> None:
-        """Verify and install; raises IntegrityError (and discards) on any mismatch."""
-        try:
-            actual = f"sha256:{self._hash.hexdigest()}"
-            if self.hashed != self.size or self._pending or actual != self.digest:
-                raise IntegrityError(
-                    f"downloaded blob {short(self.digest)} does not match its digest"
-                    f" ({self.hashed} bytes in order, {short(actual)})",
-                    "The remote copy is corrupt; nothing referencing it was imported.",
-                )
-            fd = self._open()
-            os.fsync(fd)
-            self._close()
-            assert self.tmp is not None
-            install(self.store, self.tmp, self.digest)
-            self._done = True
-        except BaseException:
-            self.discard()
-            raise
-
-    def discard(self) -> None:
-        """Drop the temp file (nothing to do once committed)."""
-        self._close()
-        if self.tmp is not None and not self._done:
-            self.tmp.unlink(missing_ok=True)
-
-    def _open(self) -> int:
-        if self._fd is None:
-            self._fd, self.tmp = self.store._tmpfile()
-        return self._fd
-
-    def _close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+            self.written += len(chunk)
 
 
 class S3Remote:
