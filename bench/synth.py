@@ -15,6 +15,21 @@ from registry.manifest import BundleManifest, ComponentManifest, FileEntry
 from registry.repo import Registry
 
 
+def _insert_bundles(reg: Registry, rows: list[dict], comps: list[dict]) -> None:
+    """Bundle rows (:d :n :v :p :s :t :a) and their component rows (:b :k :d :s), at once."""
+    with reg.db.write() as conn:
+        conn.executemany(
+            "INSERT INTO bundle (digest, name, version, parent, size, created_at, created_by)"
+            " VALUES (:d, :n, :v, :p, :s, :t, :a)",
+            rows,
+        )
+        conn.executemany(
+            "INSERT INTO bundle_component (bundle_digest, kind, digest, size)"
+            " VALUES (:b, :k, :d, :s)",
+            comps,
+        )
+
+
 def fake_digest(i: int, salt: str) -> str:
     return "sha256:" + hashlib.sha256(f"{salt}-{i}".encode()).hexdigest()
 
@@ -32,17 +47,7 @@ def add_synthetic_bundles(reg: Registry, n: int, *, name_count: int = 100) -> No
             {"d": d, "n": name, "v": versions[name], "p": None, "s": 1000 + i, "t": t, "a": "bench"}
         )
         comps.append({"b": d, "k": "adapter", "d": fake_digest(i, "adapter"), "s": 500})
-    with reg.db.write() as conn:
-        conn.executemany(
-            "INSERT INTO bundle (digest, name, version, parent, size, created_at, created_by)"
-            " VALUES (:d, :n, :v, :p, :s, :t, :a)",
-            rows,
-        )
-        conn.executemany(
-            "INSERT INTO bundle_component (bundle_digest, kind, digest, size)"
-            " VALUES (:b, :k, :d, :s)",
-            comps,
-        )
+    _insert_bundles(reg, rows, comps)
 
 
 def add_synthetic_events(reg: Registry, n: int, digests: list[str]) -> None:
@@ -147,17 +152,7 @@ def add_shared_bundles(
         comps += [
             {"b": desc.digest, "k": kind, "d": c.digest, "s": c.size} for kind, c in descs.items()
         ]
-    with reg.db.write() as conn:
-        conn.executemany(
-            "INSERT INTO bundle (digest, name, version, parent, size, created_at, created_by)"
-            " VALUES (:d, :n, :v, :p, :s, :t, :a)",
-            rows,
-        )
-        conn.executemany(
-            "INSERT INTO bundle_component (bundle_digest, kind, digest, size)"
-            " VALUES (:b, :k, :d, :s)",
-            comps,
-        )
+    _insert_bundles(reg, rows, comps)
     return digests
 
 
