@@ -500,7 +500,7 @@ def review(reg: Registry, ref: str, against: str | None = None) -> Review:
     return Review(
         bundle=bundle, against=comparison, runs=runs, loss=loss, items=items, serving=serving,
         trends=trends, versions=versions, readiness=readiness, history=history,
-        events=_events(reg, bundle["digest"]),
+        events=audit.events_about(reg, bundle["digest"]),
         signatures=signing.signatures(reg, bundle["digest"]),
         audit={"ok": rep.ok, "events": rep.events, "problem": rep.problem, "signed": rep.signed},
         policy=pol_info,
@@ -542,18 +542,3 @@ def _trends(reg: Registry, versions: list[dict[str, Any]]) -> list[TrendPoint]:
                     f.threshold, f.passed, run.status,
                 ))  # fmt: skip
     return out
-
-
-def _events(reg: Registry, digest: str) -> list[dict[str, Any]]:
-    """Audit events about this bundle (tagged, gated, signed, moved into or out of a
-    channel), oldest first: a read of the event table, nothing else."""
-    with reg.db.read() as conn:
-        rows = conn.execute(
-            "SELECT seq, action, channel, from_digest, to_digest, actor, display, reason,"
-            " forced, created_at, signer, detail FROM event WHERE to_digest = :d"
-            " OR from_digest = :d OR subject = :d ORDER BY seq",
-            {"d": digest},
-        ).dicts()
-    for r in rows:
-        r["forced"] = bool(r["forced"])
-    return rows

@@ -175,6 +175,21 @@ class _Broken(Exception):
     pass
 
 
+def events_about(reg: Registry, digest: str) -> list[dict[str, Any]]:
+    """Audit events about a bundle (tagged, gated, signed, moved into or out of a channel),
+    oldest first, as stored (not verified: `verify` does that)."""
+    with reg.db.read() as conn:
+        rows = conn.execute(
+            "SELECT seq, action, channel, from_digest, to_digest, actor, display, reason,"
+            " forced, created_at, signer, detail FROM event WHERE to_digest = :d"
+            " OR from_digest = :d OR subject = :d ORDER BY seq",
+            {"d": digest},
+        ).dicts()
+    for r in rows:
+        r["forced"] = bool(r["forced"])
+    return rows
+
+
 def verify(
     reg: Registry, *, trusted: set[str] | None = None, require_signed: bool = False
 ) -> AuditReport:
