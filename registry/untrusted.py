@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+from collections.abc import Callable
 from typing import Any
 
 from registry.errors import InvalidInputError
@@ -178,12 +179,20 @@ def load_json(
     max_depth: int = MAX_DEPTH,
     max_items: int = MAX_ITEMS,
     max_string: int = MAX_STRING,
+    object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None,
 ) -> Any:
-    """Parse JSON within the limits, or raise one InvalidInputError naming `what`."""
+    """Parse JSON within the limits, or raise one InvalidInputError naming `what`.
+
+    `object_pairs_hook` is json.loads' (a caller that must see duplicate keys); what it
+    returns must be a dict for the limits to be checked."""
     text = _text(data, what, max_bytes)
     try:
         value = json.loads(
-            text, parse_constant=_json_constant, parse_int=_json_int, parse_float=_json_float
+            text,
+            parse_constant=_json_constant,
+            parse_int=_json_int,
+            parse_float=_json_float,
+            object_pairs_hook=object_pairs_hook,
         )
     except json.JSONDecodeError as exc:
         raise _malformed(

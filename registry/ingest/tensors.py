@@ -21,7 +21,6 @@ the file, the tensor and the defect.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -90,14 +89,16 @@ def read_header(path: Path) -> SafetensorsHeader:
             raise InvalidInputError(f"{name}: invalid safetensors header length {n}")
         raw = f.read(n)
     try:
-        header = load_json(raw, f"{name}: safetensors header", max_bytes=MAX_HEADER)
+        header = load_json(
+            raw, f"{name}: safetensors header", max_bytes=MAX_HEADER, object_pairs_hook=_pairs
+        )
     except MalformedError:
         raise InvalidInputError(f"{name}: invalid JSON in safetensors header") from None
     if not isinstance(header, dict):
         raise InvalidInputError(f"{name}: safetensors header is not a JSON object")
     # json.loads keeps the last of duplicate keys; the reference refuses them inside a
-    # tensor entry (its TensorInfo struct), so look again (the text is known sane now).
-    for tname, info in json.loads(raw, object_pairs_hook=_pairs).items():
+    # tensor entry (its TensorInfo struct): `_pairs` marked each object that had one.
+    for tname, info in header.items():
         if type(info) is _Duplicated and tname != "__metadata__":
             raise InvalidInputError(f"{name}: tensor {tname!r} entry has a duplicate key")
     metadata = header.pop("__metadata__", {}) or {}
