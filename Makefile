@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[gates,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[gates,ray,dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)

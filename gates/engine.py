@@ -137,22 +137,56 @@ def run_gates(
     results: dict[str, GateResult] = {}
     with materialize(reg, f"{info['name']}@{digest}") as workdir:
         for name in names:
-            cls = catalog.load(name)
-            ctx = GateContext(
-                registry=reg, bundle_digest=digest, bundle=info, workdir=workdir, policy=policy,
-                params=policy.params(name), channel=channel,
-                progress=_progress(hook, name), results=results,
-            )  # fmt: skip
             hook(name, "start", "")
-            started, t0 = now(), time.perf_counter()
-            result = _run_one(cls, ctx)
-            seconds = time.perf_counter() - t0
-            results[name] = result
-            rec = record(reg, digest, cls, policy.digest, ctx.inputs, result, started, actor)
-            rec.seconds = seconds
+            done = execute(reg, info, workdir, name, policy, channel=channel, hook=hook,
+                           results=results)  # fmt: skip
+            results[name] = done.result
+            rec = record(
+                reg, digest, done.gate, policy.digest, done.inputs, done.result, done.started,
+                actor,
+            )  # fmt: skip
+            rec.seconds = done.seconds
             records.append(rec)
-            hook(name, result.status, result.summary)
+            hook(name, done.result.status, done.result.summary)
     return records
+
+
+@dataclass
+class Executed:
+    """One gate run, not yet recorded: what `execute` returns (in this process or on a
+    worker, gates/cluster.py)."""
+
+    gate: type[Gate]
+    result: GateResult
+    inputs: dict[str, str]
+    started: str
+    ended: str
+    seconds: float
+
+
+def execute(
+    reg: Registry,
+    info: dict[str, Any],
+    workdir: Path,
+    name: str,
+    policy: Policy,
+    *,
+    channel: str | None = None,
+    hook: EventHook | None = None,
+    results: dict[str, GateResult] | None = None,
+) -> Executed:
+    """Run gate `name` on a materialized bundle (`info` is registry.bundles.show's); never
+    raises for what the gate does: a raising gate is an `error` result."""
+    cls = catalog.load(name)
+    ctx = GateContext(
+        registry=reg, bundle_digest=info["digest"], bundle=info, workdir=workdir,
+        policy=policy, params=policy.params(name), channel=channel,
+        progress=_progress(hook or (lambda _g, _p, _m: None), name),
+        results=results if results is not None else {},
+    )  # fmt: skip
+    started, t0 = now(), time.perf_counter()
+    result = _run_one(cls, ctx)
+    return Executed(cls, result, ctx.inputs, started, now(), time.perf_counter() - t0)
 
 
 def _progress(hook: EventHook, name: str) -> Callable[[str], None]:
@@ -183,9 +217,34 @@ def record(
     result: GateResult,
     started: str,
     actor: str | Identity,
+    *,
+    environment: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Store the evidence blob, then the gate_run row and its audit event (and, with a
-    signing key, its attestation: registry.gate_runs)."""
+    signing key, its attestation: registry.gate_runs). `environment` is where the gate ran
+    when that was not this process (a Ray worker, a training job); else this process's."""
+    from registry.identity import of
+
+    who = of(reg, actor)
+    row = run_row(reg, digest, cls, policy_digest, inputs, result, started, now(), who.user,
+                  environment)  # fmt: skip
+    return record_row(reg, row, who, result.summary)
+
+
+def run_row(
+    reg: Registry,
+    digest: str,
+    cls: type[Gate],
+    policy_digest: str | None,
+    inputs: dict[str, str],
+    result: GateResult,
+    started: str,
+    ended: str,
+    actor_user: str,
+    env: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The gate_run row of a result, its evidence blob stored first. Built where the gate
+    ran, so a worker can sign exactly the row the driver records (gates/cluster.py)."""
     evidence = {
         "gate": cls.name,
         "version": cls.version,
@@ -198,26 +257,28 @@ def record(
         "evidence": result.evidence,
         "error": result.error,
     }
-    from registry import gate_runs
-    from registry.identity import of
-
     ev = reg.store.put_bytes(canonical_json(_jsonable(evidence)))
-    env = environment(result.evidence.get("device") if isinstance(result.evidence, dict) else None)
-    who = of(reg, actor)
-    run_id = gate_runs.insert(
-        reg,
-        who,
-        {
-            "bundle_digest": digest, "gate": cls.name, "gate_version": str(cls.version),
-            "policy_digest": policy_digest, "status": result.status,
-            "metrics": _dumps(result.metrics), "thresholds": _dumps(result.thresholds),
-            "inputs": _dumps(inputs), "environment": _dumps(env), "evidence_digest": ev.digest,
-            "error": result.error, "actor": who.user, "started_at": started, "ended_at": now(),
-        },
-    )  # fmt: skip
+    if env is None:
+        device = result.evidence.get("device") if isinstance(result.evidence, dict) else None
+        env = environment(device)
+    return {
+        "bundle_digest": digest, "gate": cls.name, "gate_version": str(cls.version),
+        "policy_digest": policy_digest, "status": result.status,
+        "metrics": _dumps(result.metrics), "thresholds": _dumps(result.thresholds),
+        "inputs": _dumps(inputs), "environment": _dumps(env), "evidence_digest": ev.digest,
+        "error": result.error, "actor": actor_user, "started_at": started, "ended_at": ended,
+    }  # fmt: skip
+
+
+def record_row(reg: Registry, row: dict[str, Any], who: Identity, summary: str) -> RunRecord:
+    """Insert a row `run_row` built (here or on a worker, which may have signed it)."""
+    from registry import gate_runs
+
+    run_id = gate_runs.insert(reg, who, row)
     return RunRecord(
-        run_id, cls.name, result.status, result.summary, result.metrics, ev.digest, 0.0
-    )
+        run_id, row["gate"], row["status"], summary, json.loads(row["metrics"]),
+        row["evidence_digest"], 0.0,
+    )  # fmt: skip
 
 
 def exit_code(records: list[RunRecord]) -> int:

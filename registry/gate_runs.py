@@ -144,18 +144,8 @@ def insert(reg: Registry, who: Identity, row: dict[str, Any]) -> int:
     with a signing key is attested first (the envelope is a blob before the row names it).
     """
     row = {"attestation": None, "signer": None, "origin": "", **row}
-    if who.key is not None and not row["origin"]:
-        with reg.db.read() as conn:
-            tag = conn.execute(
-                "SELECT name, version FROM bundle WHERE digest = :d", {"d": row["bundle_digest"]}
-            ).first()
-        row["signer"] = who.key.id
-        envelope = dsse.sign(
-            dsse.INTOTO_PAYLOAD_TYPE,
-            canonical_json(attestations.statement(row, f"{tag[0]}:v{tag[1]}" if tag else "bundle")),
-            who.key,
-        )
-        row["attestation"] = reg.store.put_bytes(canonical_json(envelope)).digest
+    if who.key is not None and not row["origin"] and not row["attestation"]:
+        row = attest(reg, who.key, row)
     row["record_digest"] = record_digest(row)
     with reg.db.write() as conn:
         name = conn.execute(
@@ -186,6 +176,24 @@ def insert(reg: Registry, who: Identity, row: dict[str, Any]) -> int:
             + (f" (pulled from {row['origin']})" if row["origin"] else ""),
         )  # fmt: skip
     return run_id
+
+
+def attest(reg: Registry, key: Any, row: dict[str, Any]) -> dict[str, Any]:
+    """`row` signed by `key`: its attestation envelope stored as a blob, the row naming it
+    and its signer. Where the gate ran signs: this process, or a Ray worker with its own
+    key (gates/cluster.py), whose row the driver then inserts as it is."""
+    with reg.db.read() as conn:
+        tag = conn.execute(
+            "SELECT name, version FROM bundle WHERE digest = :d", {"d": row["bundle_digest"]}
+        ).first()
+    signed = {**row, "signer": key.id}
+    envelope = dsse.sign(
+        dsse.INTOTO_PAYLOAD_TYPE,
+        canonical_json(attestations.statement(signed, f"{tag[0]}:v{tag[1]}" if tag else "bundle")),
+        key,
+    )
+    signed["attestation"] = reg.store.put_bytes(canonical_json(envelope)).digest
+    return signed
 
 
 # --- attestations ---------------------------------------------------------------------------

@@ -33,6 +33,22 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_tiny_project(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """A two-node Ray cluster on loopback, shared by every Ray test (tests/raycluster.py)."""
+    from tests import raycluster
+
+    cluster = raycluster.start(tmp_path_factory.mktemp("ray"))
+    try:
+        yield cluster
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        raycluster.stop(cluster.temp_dirs)
+
+
 def _pg_available() -> bool:
     try:
         import psycopg

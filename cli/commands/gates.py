@@ -111,6 +111,24 @@ def run(
             help="Only the gates this channel requires; its bundle is the rollback target."
         ),
     ] = None,
+    on: Annotated[
+        str | None,
+        typer.Option(
+            help="Run each gate as a task on a Ray cluster: ray, ray://HOST:PORT (Ray Client)"
+            " or ray:HOST:PORT (README: Scale-out on Ray)."
+        ),
+    ] = None,
+    cpus: Annotated[
+        float, typer.Option(help="With --on ray: CPUs each gate task asks for.", min=0)
+    ] = 1.0,
+    gpus: Annotated[
+        float | None,
+        typer.Option(
+            help="With --on ray: GPUs each model gate asks for (default: 1 when the cluster"
+            " has GPUs, else 0).",
+            min=0,
+        ),
+    ] = None,
     actor: Annotated[str | None, typer.Option(help=ACTOR_HELP)] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -126,15 +144,24 @@ def run(
         if channel is not None and not names:
             names = list(pol.channel(channel).require)
         hook = None if json_out else _live_printer(sys.stderr.isatty())
-        records = run_gates(
-            reg,
-            ref,
-            pol,
-            gate_names=names or None,
-            channel=channel,
-            actor=actor_or_default(actor),
-            on_event=hook,
-        )
+        if on is None:
+            records = run_gates(
+                reg,
+                ref,
+                pol,
+                gate_names=names or None,
+                channel=channel,
+                actor=actor_or_default(actor),
+                on_event=hook,
+            )
+        else:
+            from gates.cluster import RayExecutor, Resources, parse_on
+
+            executor = RayExecutor(parse_on(on), Resources(cpus=cpus, gpus=gpus))
+            records = executor.gates(
+                reg, ref, pol, names, actor=actor_or_default(actor), channel=channel,
+                on_event=hook,
+            )  # fmt: skip
     finally:
         reg.close()
     if json_out:

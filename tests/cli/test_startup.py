@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import add_args, run_cli
 
 HEAVY = ("torch", "transformers", "peft", "boto3", "botocore", "huggingface_hub", "textual",
-         "sqlalchemy", "sqlmodel", "alembic", "matplotlib")  # fmt: skip
+         "sqlalchemy", "sqlmodel", "alembic", "matplotlib", "ray")  # fmt: skip
 
 PROBE = """
 import json, sys
