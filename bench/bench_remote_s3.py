@@ -12,10 +12,12 @@ bench/README.md for the figures and what they mean).
    download_file (default TransferConfig, and 64 MiB parts x 8 threads);
 4. `aws s3 sync` of the pushed store's blob directory, up and down, if awscli is found.
 
-5. (issue 17, `--issue17` runs only this) push vs a raw `upload_file` with the same
-   checksums (the registry's part size and CRC32 part checksums), interleaved rounds,
-   medians of wall and client CPU time; then the peak RSS of a pull (a fresh process
-   each, VmHWM) of a SMALL and a SIZE bundle, interleaved, and their ratio.
+5. (issue 17, `--issue17` runs only this) push vs a raw `upload_file` of the shard with
+   the same checksums (the registry's client, part size and CRC32 part checksums), and vs
+   a raw upload of the same objects the push sends (a file above the split size travels
+   as its tensor pieces), interleaved rounds, medians of wall and client CPU time; then
+   the peak RSS of a pull (a fresh process each, VmHWM) of a SMALL and a SIZE bundle,
+   interleaved, and their ratio.
 
 moto runs in its own process (`python -m moto.server`) so it does not share the GIL with
 the client; on a 2-core machine it still shares the CPUs, so every figure here is a ratio
@@ -25,6 +27,7 @@ from one run, not an absolute speed of S3.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
@@ -178,13 +181,48 @@ def issue17(work: Path, endpoint: str, s3: Any, size_mib: int, small_mib: int,
     blob = big["base"] / "model.safetensors"
     fsize = blob.stat().st_size
     extra = {"ChecksumAlgorithm": PART_CHECKSUM}
+    # the raw upload goes through the registry's own client (its botocore Config: pool
+    # size, retries, addressing), so only what the registry adds differs
+    add_remote(reg, "raw17", "s3://bench/raw17", endpoint_url=endpoint)
+    client = open_remote(reg, "raw17").client  # type: ignore[attr-defined]
 
     def raw() -> tuple[float, float]:
         cfg = upload_config()
         t, c, _ = cpu_timed(
-            lambda: s3.upload_file(str(blob), "bench", "raw/up", Config=cfg, ExtraArgs=extra)
+            lambda: client.upload_file(str(blob), "bench", "raw/up", Config=cfg, ExtraArgs=extra)
         )
         s3.delete_object(Bucket="bench", Key="raw/up")
+        return t, c
+
+    # A file above the split size is stored and pushed as its tensor pieces (docs/design.md,
+    # "Pieces"): the like-for-like baseline uploads the same objects, through one transfer
+    # manager with the same config and checksums (SHA-256 whole-object below the multipart
+    # threshold, CRC32 parts above), unverified.
+    from boto3.s3.transfer import create_transfer_manager
+
+    from registry.remotes.sync import load_local, local_piece_lists, pieces_of
+
+    _, bundle = load_local(reg, tag_big)
+    files = bundle.file_blobs()
+    lists = local_piece_lists(reg, files)
+    objects = {**{d: n for d, n in files.items() if d not in lists}, **pieces_of(lists.values())}
+
+    def raw_objects() -> tuple[float, float]:
+        cfg = upload_config()
+
+        def send() -> None:
+            with create_transfer_manager(client, cfg) as tm:
+                futures = []
+                for i, (digest, n) in enumerate(sorted(objects.items(), key=lambda kv: -kv[1])):
+                    sha = base64.b64encode(bytes.fromhex(digest[7:])).decode()
+                    args = {"ChecksumSHA256": sha} if n < cfg.multipart_threshold else extra
+                    futures.append(tm.upload(str(reg.store.path(digest)), "bench",
+                                             f"rawo/{i}", extra_args=args))  # fmt: skip
+                for f in futures:
+                    f.result()
+
+        t, c, _ = cpu_timed(send)
+        clear_prefix(s3, "rawo/")
         return t, c
 
     def push(i: int) -> tuple[float, float]:
@@ -195,14 +233,16 @@ def issue17(work: Path, endpoint: str, s3: Any, size_mib: int, small_mib: int,
         clear_prefix(s3, f"push17-{i}/")
         return t, c
 
-    raws, pushes, sent = [], [], []
+    raws, pushes, sent, raw_objs = [], [], [], []
     for i in range(rounds):
-        order = ("raw", "push") if i % 2 == 0 else ("push", "raw")
+        order = ("raw", "objects", "push") if i % 2 == 0 else ("push", "objects", "raw")
         for what in order:
-            got = raw() if what == "raw" else push(i)
-            (raws if what == "raw" else pushes).append(got)
+            got = {"raw": raw, "objects": raw_objects}[what]() if what != "push" else push(i)
+            {"raw": raws, "objects": raw_objs, "push": pushes}[what].append(got)
             print(f"  round {i + 1} {what}: {got[0]:.2f} s wall, {got[1]:.2f} s CPU", flush=True)
     ratios = [p[0] / r[0] for p, r in zip(pushes, raws, strict=True)]
+    obj_ratios = [p[0] / r[0] for p, r in zip(pushes, raw_objs, strict=True)]
+    obj_cpu = [p[1] / r[1] for p, r in zip(pushes, raw_objs, strict=True)]
     # per byte: the push also sends the adapter and manifests (bytes_sent > the shard)
     per_byte = [(p[0] / n) / (r[0] / fsize) for p, r, n in zip(pushes, raws, sent, strict=True)]
     cpu_ratios = [p[1] / r[1] for p, r in zip(pushes, raws, strict=True)]
@@ -215,11 +255,19 @@ def issue17(work: Path, endpoint: str, s3: Any, size_mib: int, small_mib: int,
         "push_vs_raw_per_byte_median": med(per_byte),
         "push_vs_raw_ratio_of_medians": med(p[0] for p in pushes) / med(r[0] for r in raws),
         "push_vs_raw_cpu_median_of_ratios": med(cpu_ratios),
+        "raw_same_objects_s": [r[0] for r in raw_objs],
+        "raw_same_objects_cpu_s": [r[1] for r in raw_objs],
+        "raw_same_objects": len(objects),
+        "push_vs_raw_same_objects_median_of_ratios": med(obj_ratios),
+        "push_vs_raw_same_objects_cpu_median_of_ratios": med(obj_cpu),
     }  # fmt: skip
     print(f"push / raw upload_file ({PART_CHECKSUM} parts): wall {med(ratios):.3f}"
           f" (median of {rounds}; per round {', '.join(f'{r:.3f}' for r in ratios)});"
           f" per byte sent {med(per_byte):.3f};"
           f" CPU {med(cpu_ratios):.3f}", flush=True)  # fmt: skip
+    print(f"push / raw upload of the same {len(objects)} objects (pieces and blobs):"
+          f" wall {med(obj_ratios):.3f} (per round {', '.join(f'{r:.3f}' for r in obj_ratios)});"
+          f" CPU {med(obj_cpu):.3f}", flush=True)  # fmt: skip
 
     add_remote(reg, "pull17", "s3://bench/pull17", endpoint_url=endpoint)
     pusher = open_remote(reg, "pull17")

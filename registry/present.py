@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from registry.output import colour_enabled, human_size, paint
 
 if TYPE_CHECKING:
-    from registry.bundles import Listing
+    from registry.bundles import Listing, LsTable
 
 KEY_META = {
     "base_model": (
@@ -50,7 +50,9 @@ def render_show(info: dict[str, Any]) -> str:
     lines = [
         f"{info['tag']}  {info['digest']}",
         f"  created   {info['created_at']} by {info['created_by']}",
-        f"  size      {human_size(info['size'])}",
+        f"  size      {human_size(info['size'])} logical, {human_size(info['stored'])} stored"
+        if "stored" in info
+        else f"  size      {human_size(info['size'])}",
         f"  channels  {', '.join(info['channels']) or '-'}",
         f"  adapts    {info['adaptation']}",
     ]
@@ -113,28 +115,69 @@ def render_ls(
     """The `registry ls` table of a `bundles.Listing`, aligned like `output.table` but
     built in two plain passes (100,000 bundles): the GATES cell (`gates(counts)`, maybe
     Styled) is padded before it is painted."""
-    held, remote, counts = listing.channels, listing.remote_channels, listing.gates
-    cells = []
-    for digest, name, version, size, created in listing.rows:
-        gate = gates(counts[digest]) if digest in counts else "-"
-        chans = (
-            held.get(digest, []) + remote.get(digest, [])
-            if digest in held or digest in remote
-            else []
-        )
-        cells.append((f"{name}:v{version}", digest[:19], human_size(size),
-                      created[:19].replace("T", " "), gate, ",".join(chans)))  # fmt: skip
+    cells = [
+        _ls_cells(listing, gates, digest, name, version, size, created)
+        for digest, name, version, size, created in listing.rows
+    ]
     columns = list(zip(*cells, strict=True))[:5] if cells else [()] * 5
     w = [
         max(len(h), max(map(len, col), default=0))
         for h, col in zip(LS_HEADERS[:5], columns, strict=True)
     ]
+    lines = [_ls_head(w)]
     colour = colour_enabled(stream)
-    head = "  ".join(h.ljust(n) for h, n in zip(LS_HEADERS[:5], w, strict=True))
-    lines = [f"{head}  {LS_HEADERS[5]}"]
-    w0, w1, w2, w3, w4 = w
-    for tag, short, shown, when, gate, held_by in cells:
-        gate_text = (paint(gate, stream) if colour else str(gate)) + " " * (w4 - len(gate))
-        line = f"{tag:<{w0}}  {short:<{w1}}  {shown:<{w2}}  {when:<{w3}}  {gate_text}  {held_by}"
-        lines.append(line if held_by else line.rstrip())
+    lines += [_ls_line(c, w, colour, stream) for c in cells]
     return "\n".join(lines)
+
+
+def render_ls_table(
+    table: LsTable, gates: Callable[[dict[str, int]], str], stream: TextIO | None = None
+) -> str:
+    """The same table from a `bundles.LsTable`: SQLite's lines as they are, the special
+    rows (channels, gate runs, tracking views, odd values) rendered here as render_ls does,
+    with SQLite's column widths and a GATES width from the special rows (every other row's
+    GATES cell is `-`, the end of its line)."""
+    cells = {digest: _ls_cells(table, gates, digest, *row) for digest, row in table.special.items()}
+    w = [*table.widths, max([len(LS_HEADERS[4]), *(len(c[4]) for c in cells.values())])]
+    lines = [_ls_head(w)]
+    if not cells:
+        lines += table.lines
+    else:
+        colour = colour_enabled(stream)
+        lines += [
+            _ls_line(cells[ln[1:]], w, colour, stream) if ln[0] == "!" else ln for ln in table.lines
+        ]
+    return "\n".join(lines)
+
+
+def _ls_cells(
+    t: Listing | LsTable,
+    gates: Callable[[dict[str, int]], str],
+    digest: str,
+    name: str,
+    version: int,
+    size: int | None,
+    created: str,
+) -> tuple[str, str, str, str, str, str]:
+    gate = gates(t.gates[digest]) if digest in t.gates else "-"
+    held, remote = t.channels, t.remote_channels
+    chans = (
+        held.get(digest, []) + remote.get(digest, []) if digest in held or digest in remote else []
+    )
+    return (f"{name}:v{version}", digest[:19], human_size(size),
+            created[:19].replace("T", " "), gate, ",".join(chans))  # fmt: skip
+
+
+def _ls_head(w: list[int]) -> str:
+    head = "  ".join(h.ljust(n) for h, n in zip(LS_HEADERS[:5], w, strict=True))
+    return f"{head}  {LS_HEADERS[5]}"
+
+
+def _ls_line(
+    cells: tuple[str, str, str, str, str, str], w: list[int], colour: bool, stream: TextIO | None
+) -> str:
+    tag, short, shown, when, gate, held_by = cells
+    w0, w1, w2, w3, w4 = w
+    gate_text = (paint(gate, stream) if colour else str(gate)) + " " * (w4 - len(gate))
+    line = f"{tag:<{w0}}  {short:<{w1}}  {shown:<{w2}}  {when:<{w3}}  {gate_text}  {held_by}"
+    return line if held_by else line.rstrip()
