@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.errors import RegistryNotFoundError, UsageError
+from registry.pieces import MIN_PIECE_SIZE, PIECE_SIZE, SPLIT_ABOVE
 
 CONFIG_FILE = "registry.toml"
 DB_FILE = "registry.db"
@@ -30,6 +31,9 @@ class RegistryConfig:
     root: Path
     database_url: str
     signing_key: str | None = None  # path of a PEM private key; $REGISTRY_SIGNING_KEY wins
+    # [store]: files above split_above bytes are stored as pieces (None: never); registry/pieces.py
+    split_above: int | None = SPLIT_ABOVE
+    piece_size: int = PIECE_SIZE
 
     @property
     def sqlite(self) -> bool:
@@ -101,7 +105,50 @@ def load(explicit: Path | None = None) -> RegistryConfig:
     key = data.get("signing_key")
     if key is not None and not isinstance(key, str):
         raise UsageError(f"{root / CONFIG_FILE}: signing_key must be a path (a string)")
-    return RegistryConfig(root=root, database_url=url, signing_key=key)
+    split_above, piece_size = store_settings(data.get("store"), root / CONFIG_FILE)
+    return RegistryConfig(
+        root=root,
+        database_url=url,
+        signing_key=key,
+        split_above=split_above,
+        piece_size=piece_size,
+    )
+
+
+def _size(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+
+
+def store_settings(table: object, where: Path) -> tuple[int | None, int]:
+    """`[store]` of registry.toml: (split_above, piece_size). `split_above = 0` or no key
+    is the default (64 MiB), `split_above = false` never splits; `piece_size` is bytes,
+    at least 64 KiB (default 64 MiB)."""
+    if table is None:
+        return SPLIT_ABOVE, PIECE_SIZE
+    if not isinstance(table, dict):
+        raise UsageError(f"{where}: [store] must be a table")
+    unknown = sorted(set(table) - {"split_above", "piece_size"})
+    if unknown:
+        raise UsageError(
+            f"{where}: [store] has unknown key {unknown[0]!r}",
+            "The keys are split_above (bytes, or false) and piece_size (bytes).",
+        )
+    split = table.get("split_above", 0)
+    if split is False:
+        split_above = None
+    elif _size(split):
+        split_above = split or SPLIT_ABOVE
+    else:
+        raise UsageError(
+            f"{where}: [store] split_above must be a number of bytes (or false), not {split!r}"
+        )
+    piece = table.get("piece_size", PIECE_SIZE)
+    if not _size(piece) or piece < MIN_PIECE_SIZE:
+        raise UsageError(
+            f"{where}: [store] piece_size must be a number of bytes of at least"
+            f" {MIN_PIECE_SIZE}, not {piece!r}"
+        )
+    return split_above, piece
 
 
 # --- secrets: never in registry.toml, never printed (docs/design.md, "How data is kept safe")

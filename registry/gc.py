@@ -10,6 +10,9 @@ once per run (memoized by digest), so 10,000 bundles sharing components cost the
 10,000 bundle manifests, and a blob reached from any bundle is kept.
 Stale temp files from interrupted writes are removed under the same rule, and never one
 whose writer (the pid in its name) is still running.
+A file stored as pieces keeps its piece list and every piece while it is reachable; an
+unreachable piece list goes under the same grace rule, and a piece that no kept piece list
+names and no manifest references is garbage like any blob.
 
 gc holds the gc lock exclusive for its whole run and every writer holds it shared from its
 first blob write until its rows commit (registry.locks), so the grace period is a second
@@ -20,6 +23,7 @@ error.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -27,7 +31,7 @@ from dataclasses import dataclass, field
 from registry import locks
 from registry.config import GC_GRACE_SECONDS
 from registry.digest import Descriptor
-from registry.errors import UsageError
+from registry.errors import IntegrityError, UsageError
 from registry.repo import Registry
 from registry.verify import referenced
 
@@ -44,6 +48,7 @@ class GcReport:
     stale_locks: list[str] = field(default_factory=list)  # records of dead holders, removed
     dry_run: bool = False
     forced: str | None = None  # the reason given for a grace below MIN_GRACE_S
+    piece_lists_removed: int = 0  # of `removed`, piece lists of unreachable pieced files
 
 
 def check_grace(grace: float, *, dry_run: bool, force: bool, reason: str | None) -> None:
@@ -110,14 +115,44 @@ def _temp_writer_alive(name: str) -> bool:
     return not locks.process_gone(int(parts[0]), None, since=int(parts[-1]) / 1e9)
 
 
+def _pieces(reg: Registry, reachable: set[str], cutoff: float, report: GcReport) -> set[str]:
+    """Judge every piece list (docs/design.md, "Pieces"): one whose file is reachable, or
+    younger than the grace, is kept, and so are all the pieces it names (returned); an
+    unreadable one is kept with nothing (verify reports it); the rest are removed."""
+    kept: set[str] = set()
+    for digest in reg.store.iter_piece_lists():
+        path = reg.store.pieces_path(digest)
+        try:
+            young = path.stat().st_mtime > cutoff
+        except FileNotFoundError:
+            continue
+        if digest in reachable or young:
+            report.kept_young += digest not in reachable
+            try:
+                pl = reg.store.piece_list(digest)
+            except IntegrityError:
+                continue
+            if pl is not None:
+                kept.update(p.digest for p in pl.pieces)
+            continue
+        report.piece_lists_removed += 1
+        report.removed.append(digest)
+        if not report.dry_run:
+            report.freed += reg.store.remove(digest)
+        else:
+            report.freed += path.stat().st_size
+    return kept
+
+
 def _collect(reg: Registry, *, dry_run: bool, grace: float) -> GcReport:
     reachable = {
         item.digest if isinstance(item, Descriptor) else item for item, _ in referenced(reg, None)
     }
     report = GcReport(dry_run=dry_run)
     cutoff = time.time() - grace
+    kept_pieces = _pieces(reg, reachable, cutoff, report)
     for digest in reg.store.iter_digests():
-        if digest in reachable:
+        if digest in reachable or digest in kept_pieces:
             continue
         path = reg.store.path(digest)
         try:
@@ -130,7 +165,8 @@ def _collect(reg: Registry, *, dry_run: bool, grace: float) -> GcReport:
         report.removed.append(digest)
         report.freed += st.st_size
         if not dry_run:
-            reg.store.remove(digest)
+            with contextlib.suppress(FileNotFoundError):  # the blob, never a piece list
+                os.unlink(path)
     if reg.store.tmp.is_dir():
         for entry in reg.store.tmp.iterdir():
             try:

@@ -10,6 +10,9 @@ memoized by digest: a content-addressed blob cannot change its meaning), and exp
 unique component manifest into its files once, so 10,000 bundles sharing six components
 cost 10,000 bundle manifests plus six, not 70,000. A problem is still reported once per
 blob, naming every bundle that references it (`Problem.bundles`).
+A file stored as pieces (docs/design.md, "Pieces") is checked by `store.check`: its list,
+each piece, and the whole file's sha256; a piece shared by several files is hashed once
+per run (the `pieces` memo), the whole file of each always.
 """
 
 from __future__ import annotations
@@ -129,8 +132,8 @@ def bundle_blobs(
     """(descriptor or bare digest, where) for a bundle's manifest, components and files.
 
     A manifest that cannot be read is yielded as itself, so the caller reports it. With a
-    shared `memo`, a component manifest an earlier bundle of the same run already expanded
-    is yielded, but not its files again (the caller has them).
+    shared `memo`, a component manifest an earlier bundle of the same run already yielded
+    is not yielded again, nor its files (the caller has them).
     """
     memo = memo or Manifests(reg.store)
     bundle = memo.bundle(digest)  # read first, so the caller judges it from the memo
@@ -138,10 +141,11 @@ def bundle_blobs(
     if bundle is None:
         return
     for kind, desc in bundle.components.items():
-        expanded = desc.digest in memo.components
+        if desc.digest in memo.components:
+            continue  # yielded, with its files, by an earlier bundle of this run
         comp = memo.component(desc.digest)  # read before it is yielded, as above
         yield desc, f"{where} {kind} manifest"
-        if expanded or comp is None or comp.external:
+        if comp is None or comp.external:
             continue
         for f in comp.files:
             yield Descriptor(f.digest, f.size), f"{where} {kind}/{f.path}"
@@ -205,8 +209,7 @@ def referenced(
     """Every blob the database reaches (of one bundle, or everything), with where from.
 
     Each unique manifest is read and expanded once per `memo` (one is made if none is
-    given), so a blob shared by many bundles is yielded for the first of them only, apart
-    from component manifests, yielded for each bundle (a cheap descriptor)."""
+    given), so a blob shared by many bundles is yielded for the first of them only."""
     yield from _walk(reg, _roots(reg, ref), memo or Manifests(reg.store))
 
 
@@ -230,13 +233,17 @@ def _blob_path(base: str, digest: str) -> str:
     return f"{base}/{h[:2]}/{h}"
 
 
-def check_blob(store: BlobStore, digest: str, size: int | None) -> str | None:
-    """store.check, reading a small blob whole (no 8 MiB stream buffer per blob)."""
+def check_blob(
+    store: BlobStore, digest: str, size: int | None, pieces: dict[str, str | None] | None = None
+) -> str | None:
+    """store.check, reading a small blob whole (no 8 MiB stream buffer per blob). A file
+    stored as pieces is checked by store.check with `pieces`, the run's memo of piece
+    digests already hashed (each shared piece once; each whole file always)."""
     path = _blob_path(os.fspath(store.root / "sha256"), digest)
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return "missing"
+        return store.check(digest, size, memo=pieces)  # pieced, or "missing"
     if size is not None and st.st_size != size:
         return f"size {st.st_size} != {size}"
     if st.st_size > SMALL_BLOB:
@@ -281,6 +288,7 @@ def verify(
     report = VerifyReport()
     seen: set[str] = set()
     memo = Manifests(reg.store)
+    pieces: dict[str, str | None] = {}  # piece digest -> reason, hashed once per run
     roots = _roots(reg, ref)
     for item, where in _walk(reg, roots, memo):
         digest, size = (item.digest, item.size) if isinstance(item, Descriptor) else (item, None)
@@ -291,7 +299,7 @@ def verify(
         if memo.read(digest):
             reason = memo.reason(digest, size)
         else:
-            reason = check_blob(reg.store, digest, size)
+            reason = check_blob(reg.store, digest, size, pieces)
         report.checked += 1
         report.bytes += size or 0
         if reason:
@@ -299,6 +307,14 @@ def verify(
         if on_blob:
             on_blob(size or 0)
     if all_blobs:
+        seen |= {d for d, reason in pieces.items() if reason is None}  # hashed, sound
+        for digest in reg.store.iter_piece_lists():
+            if digest not in seen:
+                seen.add(digest)
+                report.checked += 1
+                if reason := reg.store.check(digest, None, memo=pieces):
+                    report.problems.append(Problem(digest, reason, "unreferenced pieced file"))
+        seen |= set(pieces)
         for digest in reg.store.iter_digests():
             if digest not in seen:
                 seen.add(digest)

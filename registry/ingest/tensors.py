@@ -55,6 +55,10 @@ class TensorInfo:
 class SafetensorsHeader:
     tensors: dict[str, TensorInfo]
     metadata: dict[str, str]
+    # Where the data section starts (8 + header length) and each tensor's [begin, end) in
+    # it, in offset order: where registry.pieces splits a large file.
+    data_start: int = 0
+    spans: tuple[tuple[int, int], ...] = ()
 
     @property
     def parameters(self) -> int:
@@ -139,4 +143,4 @@ def read_header(path: Path) -> SafetensorsHeader:
         pos = end
     if pos != data_len:
         raise InvalidInputError(f"{name}: tensor data does not end at the end of the file")
-    return SafetensorsHeader(tensors, metadata)
+    return SafetensorsHeader(tensors, metadata, 8 + n, tuple((b, e) for b, e, _ in spans))

@@ -82,6 +82,8 @@ def test_sigkill_during_add_leaves_registry_consistent(cli, reg_path, tiny, tmp_
     base = tmp_path / "bigbase"
     shutil.copytree(tiny["base"], base)
     big_safetensors(base / "model-extra.safetensors", 1 << 30)
+    with open(reg_path / "registry.toml", "a", encoding="utf-8") as f:
+        f.write("[store]\nsplit_above = false\n")  # the whole-file path (pieces: test_pieces)
     args = add_args(tiny)
     args[args.index("--base") + 1] = str(base)
     proc = subprocess.Popen(
