@@ -91,6 +91,7 @@ from registry.remotes.sync import (
     parse_remote_bundle,
     pick,
     remote_channel_ref,
+    split_settings,
     store_manifests,
     track_channel,
 )
@@ -536,7 +537,7 @@ class HubRemote:
                 # from main's head, tagged, then the branch is deleted.
                 version = self._desired(reg, bundle, row, idx, include_base)
                 version.update(trust)
-                ops = self._ops(reg, version, tree, result, sent_blobs, count=False)
+                ops = self._ops(reg, version, tree, result, sent_blobs, count=False, work=work)
                 branch = f"registry-push-{uuid.uuid4().hex[:12]}"
                 self.api.create_branch(self.repo_id, branch=branch, revision=head)
                 try:
@@ -556,7 +557,7 @@ class HubRemote:
             )
             desired.update(trust)
             desired.update(index)
-            ops = self._ops(reg, desired, tree, result, sent_blobs, count=True)
+            ops = self._ops(reg, desired, tree, result, sent_blobs, count=True, work=work)
             # "sent N of M": M counts the stored blobs this version's commit holds (not an
             # external base, nor a local one left off), N those uploaded; generated files
             # (card, manifests, records) are counted in neither.
@@ -595,6 +596,7 @@ class HubRemote:
         sent_blobs: set[str],
         *,
         count: bool,
+        work: Path,
     ) -> Sequence[Any]:  # (`list` here is the method HubRemote.list)
         """The commit operations that turn `tree` into `desired` (KEEP: left as it is).
         Bytes sent are added to `result` (each blob once across commits); `count` adds the
@@ -613,12 +615,7 @@ class HubRemote:
                 ops.append(CommitOperationAdd(path, content))
                 continue
             digest, size = content.digest, content.size
-            if reason := reg.store.check(digest, size):
-                raise IntegrityError(
-                    f"local blob {short(digest)} ({path}) is {reason}; not pushed",
-                    "Run `registry verify --all`, then pull the bundle again.",
-                )
-            op = CommitOperationAdd(path, str(reg.store.path(digest)))
+            op = CommitOperationAdd(path, str(self._local_file(reg, digest, size, path, work)))
             with contextlib.suppress(AttributeError):  # skip the client's re-hash
                 op.upload_info._sha256 = bytes.fromhex(hex_of(digest))
             ops.append(op)
@@ -628,6 +625,36 @@ class HubRemote:
         ops += [CommitOperationDelete(p) for p in sorted(set(tree) - set(desired))
                 if p != ".gitattributes"]  # fmt: skip
         return ops
+
+    def _local_file(self, reg: Registry, digest: str, size: int, path: str, work: Path) -> Path:
+        """The file to upload for blob `digest`, checked: the blob itself, or for a file
+        the store holds as pieces, a whole copy in the push's scratch directory (copy_out:
+        reassembled, its sha256 verified on the way). The Hub receives ordinary whole files
+        (it dedups with its own storage), and huggingface_hub's Xet path uploads only
+        paths and bytes, so a stream of the pieces would not do."""
+        hint = "Run `registry verify --all`, then pull the bundle again."
+        try:
+            pieced = reg.store.piece_list(digest) is not None
+        except IntegrityError as exc:  # a piece list that does not parse
+            raise IntegrityError(f"local file {short(digest)} ({path}): {exc}; not pushed",
+                                 hint) from None  # fmt: skip
+        if not pieced:
+            if reason := reg.store.check(digest, size):
+                raise IntegrityError(
+                    f"local blob {short(digest)} ({path}) is {reason}; not pushed", hint
+                )
+            return reg.store.path(digest)
+        local = work / "pieced" / hex_of(digest)
+        if not local.exists():  # one copy per push, whichever commits name it
+            try:
+                reg.store.copy_out(digest, size, local, durable=False)
+            except IntegrityError as exc:
+                raise IntegrityError(
+                    f"local file {short(digest)} ({path}) does not reassemble from its pieces"
+                    f" ({str(exc).rstrip('.')}); not pushed",
+                    hint,
+                ) from None
+        return local
 
     def _main_content(
         self,
@@ -947,16 +974,19 @@ class HubRemote:
                 "The repo is incomplete; push the bundle to it again.",
             )
         files_dir = work / "files"
+        split_above, piece_size = split_settings(reg)  # stored as a local add stores it
 
         def one(digest: str) -> None:
             *others, last = where[digest]
             for path in others:
                 local = hf_hub_download(self.repo_id, path, revision=commit, local_dir=files_dir)
                 with contextlib.suppress(IntegrityError):
-                    adopt_file(reg.store, Path(local), digest, need[digest])
+                    adopt_file(reg.store, Path(local), digest, need[digest],
+                               split_above=split_above, piece_size=piece_size)  # fmt: skip
                     return
             local = hf_hub_download(self.repo_id, last, revision=commit, local_dir=files_dir)
-            adopt_file(reg.store, Path(local), digest, need[digest])
+            adopt_file(reg.store, Path(local), digest, need[digest], split_above=split_above,
+                       piece_size=piece_size)  # fmt: skip
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(one, sorted(need, key=lambda d: -need[d])))

@@ -19,8 +19,12 @@ Layout under `s3://bucket/prefix/` (it mirrors the local store):
                                 the first push; a pull keeps it for display only (sync.
                                 parse_creation), and remotes pushed to before it existed
                                 simply lack it
+    pieces/<64 hex>             the piece list of a file the pushing store holds as pieces
+                                (registry/pieces.py), named by the whole file's digest; the
+                                pieces are blobs like any other
 
-Push writes blobs (the attestation and signature blobs among them), then component
+Push writes blobs (the attestation and signature blobs among them; for a pieced file,
+the pieces the remote lacks, never the whole file), then the piece lists, then component
 manifests, then the bundle manifest, then the creation record, the keys, signatures and
 attestations entries, then the version ref, then the channel ref; each step starts only
 when the one before has completed, so an interrupted push never leaves a ref or an entry
@@ -35,10 +39,12 @@ never completed on the remote. Single-part uploads also send our sha256 as
 `ChecksumSHA256` (S3 rejects a mismatch); multipart uploads send a CRC32 checksum per part
 (`PART_CHECKSUM`: zlib's C CRC, about 10x cheaper than a second SHA-256 of every byte; S3
 rejects a part whose bytes do not match it). The object's identity stays our sha256,
-which every pull re-verifies. Downloads write each part at its offset in a temp file
-(`OffsetSink`: nothing is buffered, so memory is flat in the blob size) and hash the bytes
-in file order as the written prefix grows; the blob is fsync'd and verified before it
-enters the store.
+which every pull re-verifies. A pull of a file the remote holds as pieces fetches the
+pieces the store lacks, hashes the whole file over them in order and writes the piece
+list only when that is the file's digest (sync.adopt_pieces). Downloads write each part
+at its offset in a temp file (`OffsetSink`: nothing is buffered, so memory is flat in the
+blob size) and hash the bytes in file order as the written prefix grows; the blob is
+fsync'd and verified before it enters the store.
 
 Credentials come only from the usual AWS chain (environment, profile, SSO, instance role).
 Every boto3/botocore failure is translated in one place (`S3Remote.errors`) into a
@@ -55,7 +61,7 @@ import contextlib
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,6 +75,7 @@ from registry.errors import (
     RemoteError,
     UsageError,
 )
+from registry.pieces import PieceList
 from registry.remotes.base import ProgressFactory, PullResult, PushResult, RemoteSpec
 from registry.remotes.sync import (
     MAX_ATTESTATION,
@@ -79,15 +86,18 @@ from registry.remotes.sync import (
     BundleBlobs,
     Creation,
     TrustRecords,
+    adopt_pieces,
     check_local_blobs,
     creation_record,
     fetch_side_blobs,
+    file_names,
     hex_name,
     import_bundle,
     import_trust,
     key_hex,
     key_id_of,
     load_local,
+    local_piece_lists,
     local_side_blobs,
     local_trust,
     missing_blobs,
@@ -95,6 +105,9 @@ from registry.remotes.sync import (
     parse_creation,
     parse_remote_bundle,
     pick,
+    piece_names,
+    pieces_lacking,
+    pieces_of,
     prefetch,
     remote_channel_ref,
     store_manifests,
@@ -342,6 +355,10 @@ class S3Remote:
 
     def blob_key(self, digest: str) -> str:
         return self.key(f"blobs/sha256/{hex_of(digest)}")
+
+    def pieces_key(self, digest: str) -> str:
+        """The piece list of the file `digest` (named by the whole file's digest)."""
+        return self.key(f"pieces/{hex_of(digest)}")
 
     def ref_key(self, name: str, tag: str) -> str:
         return self.key(f"refs/{name}/{tag}")
@@ -597,14 +614,29 @@ class S3Remote:
             side = local_side_blobs(reg, bundle.digest)  # policies, gate evidence
             trust = local_trust(reg, bundle.digest)  # attestations, signatures, keys
             side.update(trust.blobs())
-            wanted = {**files, **side, **{d: len(b) for d, b in manifests}}
-            present = self.present(wanted)
-            result.blobs = len(wanted)
-            result.bytes_total = sum(wanted.values())
+            # A file stored here as pieces travels as its pieces and its piece list, never
+            # whole: unless the remote holds it already (whole, or its own piece list).
+            lists = local_piece_lists(reg, {**files, **side})
+            pieces = pieces_of(lists.values())
+            whole = {d: s for d, s in {**files, **side}.items() if d not in lists}
+            wanted = {**whole, **pieces, **{d: len(b) for d, b in manifests}}
+            present = self.present({**wanted, **{d: pl.size for d, pl in lists.items()}})
+            listed = self.present_piece_lists([d for d in lists if d not in present])
+            todo = {d: pl for d, pl in lists.items() if d not in present and d not in listed}
+            result.blobs = len(wanted) + len(lists)
+            result.bytes_total = sum(wanted.values()) + sum(
+                len(pl.to_bytes()) for pl in lists.values()
+            )
             with contextlib.suppress(Exception):  # housekeeping: never fails a push
                 self.abort_stale_uploads(STALE_UPLOAD_S)
-            send = {d: s for d, s in {**files, **side}.items() if d not in present}
+            send = {d: s for d, s in whole.items() if d not in present}
+            send.update({d: s for d, s in pieces_of(todo.values()).items() if d not in present})
             self.upload_blobs(reg, send, progress, f"push {name}:{vtag}")
+            # Piece lists after every piece they name, before the manifests naming the file.
+            for digest, pl in sorted(todo.items()):
+                data = pl.to_bytes()
+                if self._put_if(self.pieces_key(digest), data, IfNoneMatch="*"):
+                    send[self.pieces_key(digest)] = len(data)  # else another pusher's is there
             # Manifests after every file they list; the bundle manifest last of all.
             for digest, data in manifests:
                 if digest not in present:
@@ -708,6 +740,29 @@ class S3Remote:
         for key, size in self._list(base):
             have[f"sha256:{key[len(base) :]}"] = size
         return {d for d, s in wanted.items() if have.get(d) == s}
+
+    def present_piece_lists(self, digests: Sequence[str]) -> set[str]:
+        """Which of the files `digests` the remote holds a piece list for (one HEAD each
+        up to HEAD_LIMIT, else one listing of pieces/). A list is written only after every
+        piece it names (by any pusher), so a listed file's pieces are there."""
+        if not digests:
+            return set()
+        if len(digests) <= HEAD_LIMIT:
+
+            def head(digest: str) -> str | None:
+                try:
+                    self.client.head_object(Bucket=self.bucket, Key=self.pieces_key(digest))
+                except Exception as exc:
+                    if self._is_code(exc, "NoSuchKey", "404", "NotFound"):
+                        return None
+                    raise
+                return digest
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                return {d for d in pool.map(head, digests) if d is not None}
+        base = self.key("pieces/")
+        listed = {hex_name(key[len(base) :]) for key, _size in self._list(base)}
+        return {d for d in digests if d in listed}
 
     def upload_blobs(
         self,
@@ -829,18 +884,29 @@ class S3Remote:
             entry = self.resolve(ref)
             bundle = self.fetch_bundle(entry["digest"], entry["name"])
             need = missing_blobs(reg, bundle)
-            fetching.update(need)
+            # A file the remote holds as pieces comes as the pieces this store lacks.
+            lists = self.fetch_piece_lists(need)
+            names = file_names(bundle)
+            fetch = {d: s for d, s in need.items() if d not in lists}
+            fetch.update(pieces_lacking(reg.store, lists.values()))
+            fetching.update(fetch)
+            listed = sum(len(pl.to_bytes()) for pl in lists.values())
             result = PullResult(
                 self.spec.name,
                 bundle.digest,
                 tag="",
                 remote_tag=f"{bundle.name}:v{entry['version']}" if entry["version"] else ref,
-                blobs=len(bundle.file_blobs()),
-                blobs_fetched=len(need),
-                bytes_total=sum(bundle.file_blobs().values()),
-                bytes_fetched=sum(need.values()),
+                # a pieced file counts as its list and its pieces, in both figures
+                blobs=len(bundle.file_blobs()) + sum(len(pl.pieces) for pl in lists.values()),
+                blobs_fetched=len(fetch) + len(lists),
+                bytes_total=sum(bundle.file_blobs().values()) + listed,
+                bytes_fetched=sum(fetch.values()) + listed,
             )
-            self.download_blobs(reg, need, progress, f"pull {result.remote_tag}")
+            what = piece_names(lists, names)
+            self.download_blobs(reg, fetch, progress, f"pull {result.remote_tag}", what=what)
+            for digest, pl in sorted(lists.items()):
+                where = f"remote {self.spec.name}: {names.get(digest, short(digest))}"
+                adopt_pieces(reg.store, pl, where)  # the whole file's sha256, then the list
             store_manifests(reg, bundle)
             trust_in = self.fetch_trust(bundle.digest)  # all network, before any row
             creation, creation_note = self.fetch_creation(bundle.digest)
@@ -911,6 +977,40 @@ class S3Remote:
             return None, f"the creation record on {self.spec.name} refused: {exc}; ignored"
         return parse_creation(got[0] if got else None, bundle_digest, self.spec.name)
 
+    def fetch_piece_lists(self, files: dict[str, int]) -> dict[str, PieceList]:
+        """The piece lists the remote holds for `files` (digest -> size), each checked as
+        the untrusted input it is (PieceList.from_bytes: schema, the file it names, piece
+        digests, sizes adding up to the file's size from its manifest)."""
+        if len(files) <= HEAD_LIMIT:
+            candidates = list(files)  # one GET each (a 404 is the answer "stored whole")
+        else:
+            candidates = sorted(self.present_piece_lists(list(files)))
+        out: dict[str, PieceList] = {}
+
+        def get(digest: str) -> tuple[str, bytes | None]:
+            got = self._get_small(self.pieces_key(digest), MAX_MANIFEST)
+            return digest, got[0] if got else None
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            for digest, data in pool.map(get, candidates):
+                if data is None:
+                    continue
+                try:
+                    pl = PieceList.from_bytes(data, digest)
+                except IntegrityError as exc:
+                    raise IntegrityError(
+                        f"remote {self.spec.name}: {exc}",
+                        "The remote is corrupt or was tampered with; nothing was imported.",
+                    ) from None
+                if pl.size != files[digest]:
+                    raise IntegrityError(
+                        f"remote {self.spec.name}: the piece list of {short(digest)} is for"
+                        f" {pl.size} bytes, its manifest says {files[digest]}",
+                        "The remote is corrupt or was tampered with; nothing was imported.",
+                    )
+                out[digest] = pl
+        return out
+
     def _blob_loader(self, digest: str, limit: int) -> Any:
         def load() -> bytes | None:
             got = self._get_small(self.blob_key(digest), limit)  # IntegrityError if larger
@@ -945,6 +1045,8 @@ class S3Remote:
         blobs: dict[str, int],
         progress: ProgressFactory | None,
         label: str,
+        *,
+        what: dict[str, str] | None = None,
     ) -> None:
         """Download blobs in parallel into verifying sinks; each enters the store as soon
         as it is complete and sound, so a re-run fetches only what is still missing.
@@ -962,6 +1064,7 @@ class S3Remote:
         on_bytes = progress(label, sum(blobs.values())) if progress else None
         sinks: list[OffsetSink] = []
         first_error: BaseException | None = None
+        failed = ""
         try:
             with create_transfer_manager(self.client, download_config()) as tm:
                 futures = []
@@ -986,14 +1089,21 @@ class S3Remote:
                     except BaseException as exc:
                         sink.discard()
                         if first_error is None:
-                            first_error = exc
+                            first_error, failed = exc, sink.digest
         finally:
             for sink in sinks:
                 sink.discard()  # no-op for a committed sink
         if first_error is not None:
+            named = (what or {}).get(failed)
             if self._is_code(first_error, "NoSuchKey", "404"):  # type: ignore[arg-type]
                 raise IntegrityError(
-                    f"remote {self.spec.name} lacks a blob its manifests list",
+                    f"remote {self.spec.name} lacks "
+                    + (named or f"blob {short(failed)}, which its manifests list"),
                     "The remote is incomplete; push the bundle to it again.",
+                ) from first_error
+            if named and isinstance(first_error, IntegrityError):
+                raise IntegrityError(
+                    f"remote {self.spec.name}: {named} does not match its digest",
+                    "The remote copy is corrupt; nothing referencing it was imported.",
                 ) from first_error
             raise first_error

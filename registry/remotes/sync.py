@@ -33,6 +33,7 @@ from registry.errors import (
     UsageError,
 )
 from registry.manifest import KINDS, BundleManifest, ComponentManifest
+from registry.pieces import PIECE_SIZE, PieceList
 from registry.store import hash_fd
 
 if TYPE_CHECKING:
@@ -272,8 +273,20 @@ class BlobSink:
             self._fd = None
 
 
-def adopt_file(store: BlobStore, path: Path, digest: str, size: int) -> None:
-    """Install a downloaded file (in the store's filesystem) as a blob after re-hashing it."""
+def adopt_file(
+    store: BlobStore,
+    path: Path,
+    digest: str,
+    size: int,
+    *,
+    split_above: int | None = None,
+    piece_size: int = PIECE_SIZE,
+) -> None:
+    """Install a downloaded file (in the store's filesystem) as a blob after re-hashing it.
+
+    With `split_above` (the local `[store]` settings, split_settings) a larger file is
+    stored as the store's put_file stores it: as pieces where registry.pieces can split
+    it, else whole; the download is removed afterwards."""
     fd = os.open(path, os.O_RDWR)
     try:
         actual, n = hash_fd(fd)
@@ -289,12 +302,136 @@ def adopt_file(store: BlobStore, path: Path, digest: str, size: int) -> None:
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
+    if split_above is not None and size > split_above:
+        try:
+            got = store.put_file(path, split_above=split_above, piece_size=piece_size)
+        finally:
+            path.unlink(missing_ok=True)
+        if got.digest != digest:  # the file changed under us after it was verified
+            raise IntegrityError(f"downloaded file for {short(digest)} changed while stored")
+        return
     try:
         install(store, path, digest)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
         store.put_file(path)  # another filesystem: copy (hashing again) instead of rename
+
+
+# --- files stored as pieces (docs/remotes.md, "Pieces") -------------------------------------
+
+
+def local_piece_lists(reg: Registry, files: dict[str, int]) -> dict[str, PieceList]:
+    """The piece lists of the files (digest -> size) this store holds as pieces, each piece
+    checked present with its size (before a push sends them); IntegrityError otherwise."""
+    out: dict[str, PieceList] = {}
+    for digest in files:
+        pl = reg.store.piece_list(digest)  # IntegrityError if unreadable
+        if pl is None:
+            continue
+        for p in pl.pieces:
+            if not blob_present(reg.store, p.digest, p.size):
+                raise IntegrityError(
+                    f"piece {short(p.digest)} of file {short(digest)} is missing or has the"
+                    " wrong size locally; not pushed",
+                    "Run `registry verify --all`; pull the bundle again from a remote that has it.",
+                )
+        out[digest] = pl
+    return out
+
+
+def blob_present(store: BlobStore, digest: str, size: int) -> bool:
+    """Whether `digest` is stored as a whole blob of `size` bytes (a piece is one)."""
+    try:
+        return store.path(digest).stat().st_size == size
+    except FileNotFoundError:
+        return False
+
+
+def pieces_lacking(store: BlobStore, lists: Iterable[PieceList]) -> dict[str, int]:
+    """The pieces (digest -> size) of `lists` the store lacks, each once."""
+    out: dict[str, int] = {}
+    for pl in lists:
+        for p in pl.pieces:
+            if p.digest not in out and not blob_present(store, p.digest, p.size):
+                out[p.digest] = p.size
+    return out
+
+
+def pieces_of(lists: Iterable[PieceList]) -> dict[str, int]:
+    """Every piece (digest -> size) the lists name, each once, in order."""
+    return {p.digest: p.size for pl in lists for p in pl.pieces}
+
+
+def file_names(bundle: BundleBlobs) -> dict[str, str]:
+    """digest -> "KIND/PATH" of the bundle's stored files (the first place each appears),
+    to name a file in an error."""
+    out: dict[str, str] = {}
+    for kind in KINDS:
+        comp = bundle.components.get(kind)
+        if comp is None or comp.manifest.external:
+            continue
+        for f in comp.manifest.files:
+            out.setdefault(f.digest, f"{kind}/{f.path}")
+    return out
+
+
+def piece_names(lists: dict[str, PieceList], names: dict[str, str]) -> dict[str, str]:
+    """piece digest -> "piece sha256:... (#i) of KIND/PATH", to name a piece in an error."""
+    out: dict[str, str] = {}
+    for digest, pl in lists.items():
+        for i, p in enumerate(pl.pieces):
+            out.setdefault(
+                p.digest,
+                f"piece {short(p.digest)} (#{i}) of {names.get(digest, short(digest))}",
+            )
+    return out
+
+
+def adopt_pieces(store: BlobStore, pl: PieceList, where: str) -> None:
+    """Reference a pulled file by its piece list, once every piece is in the store (each
+    verified on the way in): the WHOLE file's sha256 is computed over the pieces in order
+    and must be `pl.digest`, then the list is written (temp, fsync, rename). Nothing is
+    referenced otherwise: the pieces stay unreferenced (`registry gc` removes them)."""
+    h = hashlib.sha256()
+    size = 0
+    buf = bytearray(PIECE_READ)
+    view = memoryview(buf)
+    for p in pl.pieces:
+        path = store.path(p.digest)
+        with contextlib.suppress(OSError):
+            os.utime(path)  # a concurrent gc's grace period protects a reused piece
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise IntegrityError(
+                f"{where}: piece {short(p.digest)} of {short(pl.digest)} is not in the store"
+            ) from None
+        try:
+            with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+                while n := f.readinto(buf):
+                    h.update(view[:n])
+                    size += n
+        finally:
+            os.close(fd)
+    actual = f"sha256:{h.hexdigest()}"
+    if actual != pl.digest or size != pl.size:
+        raise IntegrityError(
+            f"{where}: the pieces of {short(pl.digest)} reassemble to {short(actual)}"
+            f" ({size} bytes), not the file its manifest names",
+            "The remote's piece list is corrupt or was tampered with; nothing referencing"
+            " it was imported.",
+        )
+    store.put_piece_list(pl)
+
+
+PIECE_READ = 1024 * 1024  # one buffer, reused: memory flat in the file size
+
+
+def split_settings(reg: Registry) -> tuple[int | None, int]:
+    """The local `[store]` settings (split_above, piece_size) a downloaded file is stored
+    with when it is not adopted as it came (registry/config.py)."""
+    return reg.cfg.split_above, reg.cfg.piece_size
 
 
 def store_manifests(reg: Registry, bundle: BundleBlobs) -> None:
@@ -348,8 +485,8 @@ def local_side_blobs(reg: Registry, bundle_digest: str) -> dict[str, int]:
     """Side blobs this store has (digest -> size), for a push."""
     out = {}
     for digest in side_digests(reg, bundle_digest):
-        with contextlib.suppress(OSError):
-            out[digest] = reg.store.path(digest).stat().st_size
+        if (size := reg.store.size_of(digest)) is not None:
+            out[digest] = size
     return out
 
 
@@ -416,8 +553,8 @@ def local_trust(reg: Registry, bundle_digest: str) -> TrustRecords:
     """The bundle's attestations, signatures and signer keys this store holds (for a push)."""
     out = TrustRecords()
     for digest in gate_runs.attestations_of(reg, bundle_digest):
-        with contextlib.suppress(OSError):
-            out.attestations[digest] = reg.store.path(digest).stat().st_size
+        if (size := reg.store.size_of(digest)) is not None:
+            out.attestations[digest] = size
     with reg.db.read() as conn:
         sigs = conn.execute(
             "SELECT signer, signature_digest FROM bundle_signature WHERE bundle_digest = :b"
@@ -430,8 +567,8 @@ def local_trust(reg: Registry, bundle_digest: str) -> TrustRecords:
     for signer, digest in sigs:
         if signer not in pems or not is_digest(digest):
             continue
-        with contextlib.suppress(OSError):
-            out.signatures[signer] = (digest, reg.store.path(digest).stat().st_size)
+        if (size := reg.store.size_of(digest)) is not None:
+            out.signatures[signer] = (digest, size)
             out.keys[signer] = pems[signer].encode("ascii")
     return out
 

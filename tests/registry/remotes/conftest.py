@@ -451,8 +451,17 @@ def remote_consistency(s3: S3Env, prefix: str = "") -> list[str]:
             if comp.external:
                 continue
             for f in comp.files:
-                if keys.get(blob(f.digest)) != f.size:
+                if keys.get(blob(f.digest)) == f.size:
+                    continue
+                listed = f"{pre}pieces/{f.digest.split(':', 1)[1]}"  # stored as pieces
+                if listed not in keys:
                     problems.append(f"{key} -> missing {kind}/{f.path}")
+                    continue
+                pieces = json.loads(s3.get(listed))["pieces"]
+                if sum(p["size"] for p in pieces) != f.size or any(
+                    keys.get(blob(p["digest"])) != p["size"] for p in pieces
+                ):
+                    problems.append(f"{key} -> missing a piece of {kind}/{f.path}")
     return problems
 
 
