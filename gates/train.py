@@ -66,9 +66,12 @@ from gates.rows import read_jsonl
 from registry.errors import GateError, InvalidInputError, UsageError
 
 if TYPE_CHECKING:
+    from gates.executor import Candidate
     from gates.modeling import Encoded, TrainSpec
     from registry.bundles import AddResult
+    from registry.identity import Identity
     from registry.ingest.common import Staged
+    from registry.policy import Policy
     from registry.repo import Registry
 
 # Config key -> the names trainers use for it (first match wins).
@@ -203,10 +206,8 @@ def train_bundle(
     hyperparameters are REF's config unless `config` (YAML/JSON/TOML) is given. The loss
     curves are recorded as a `train` gate run of the new bundle under the policy in force.
     """
-    from gates.engine import materialize, record
     from gates.policy import current
-    from registry.bundles import add, show
-    from registry.db import now
+    from registry.bundles import show
     from registry.ingest import config as config_mod
     from registry.ingest import dataset as dataset_mod
 
@@ -225,36 +226,106 @@ def train_bundle(
         raise UsageError(f"{info['tag']} has no training config", "Pass --config FILE.")
     resolve_hyperparameters(hyper, _lora_parent(info))  # a bad config fails before any work
     policy = current(reg)
-    params = policy.params("train") if policy is not None else dict(TrainGate.defaults)
+    params = train_params(policy)
+    candidate = train_candidate(reg, info, hyper, params, progress, dataset=dataset)
+    return register_candidate(
+        reg, info, candidate, name=name, annotations={}, policy=policy, actor=actor,
+        staged_extra=staged,
+    )  # fmt: skip
+
+
+def train_params(policy: Policy | None) -> dict[str, Any]:
+    """The train gate's parameters under `policy` (its defaults when there is none)."""
+    return policy.params("train") if policy is not None else dict(TrainGate.defaults)
+
+
+def train_candidate(
+    reg: Registry,
+    info: dict[str, Any],
+    hyperparameters: dict[str, Any],
+    params: dict[str, Any] | None,
+    progress: Callable[[str], None] | None = None,
+    dataset: Path | None = None,
+) -> Candidate:
+    """Train a LoRA adapter on the base of bundle `info` (registry.bundles.show) with
+    `hyperparameters`, on its dataset (or the directory `dataset`); store the adapter's
+    files as blobs and return them with the train run's result. Writes no database row,
+    so it runs as well in a worker process that opened the same registry (the driver
+    registers the result: `register_candidate`). `params` are the train gate's (None:
+    under the policy in force)."""
+    from gates.engine import environment, materialize
+    from gates.executor import Candidate
+    from registry.db import now
+
+    if params is None:
+        from gates.policy import current
+
+        params = train_params(current(reg))
     started = now()
     with materialize(reg, f"{info['name']}@{info['digest']}") as workdir:
         data_dir = dataset if dataset is not None else workdir / "dataset"
-        run = _train(workdir, info, data_dir, hyper, params, progress or (lambda _m: None))
+        run = _train(workdir, info, data_dir, hyperparameters, params, progress or _quiet)
         try:
-            comps = reuse_components(reg, info, skip=("adapter", *staged))
-            comps.update(staged)
-            comps["adapter"] = _stage_adapter(run.adapter_dir)
-            res = add(
-                reg, name, comps, parent=info["digest"], annotations=run.annotations(),
-                actor=actor,
-            )  # fmt: skip
-            inputs = {
-                "dataset": _component_digest(comps["dataset"])
-                if "dataset" in staged
-                else info["components"]["dataset"]["digest"],
-                "config": _component_digest(comps["config"])
-                if "config" in staged
-                else info["components"]["config"]["digest"],
-            }
+            adapter = _store_adapter(reg, _stage_adapter(run.adapter_dir))
             run.evidence["parent"] = info["digest"]
             result = run.result(ok=run.summary())
-            record(
-                reg, res.digest, TrainGate, policy.digest if policy else None, inputs, result,
-                started, actor,
-            )  # fmt: skip
+            env = environment(result.evidence.get("device"))
         finally:
             run.cleanup()
+    return Candidate(adapter=adapter, result=result, environment=env, started=started)
+
+
+def register_candidate(
+    reg: Registry,
+    info: dict[str, Any],
+    candidate: Candidate,
+    *,
+    name: str,
+    annotations: dict[str, str],
+    policy: Policy | None,
+    actor: str | Identity,
+    staged_extra: dict[str, Staged] | None = None,
+) -> AddResult:
+    """Register a trained candidate as a bundle (parent = `info`): `info`'s components
+    (byte for byte) but for `staged_extra` (a dataset or config used instead) and the
+    candidate's adapter; then record its train run (with the environment it trained in)
+    under `policy`."""
+    from gates.engine import record
+    from registry import locks
+    from registry.bundles import add
+
+    staged = dict(staged_extra or {})
+    with locks.writing(reg, "train"):
+        for f in candidate.adapter.external_files or []:
+            if not reg.store.has(f.digest, f.size):
+                raise InvalidInputError(
+                    f"the trained adapter's {f.path} is missing from the store",
+                    "Train it again (a gc may have removed blobs no bundle referenced yet).",
+                )
+        comps = reuse_components(reg, info, skip=("adapter", *staged))
+        comps.update(staged)
+        comps["adapter"] = candidate.adapter
+        quantized = candidate.result.evidence.get("quantization")
+        res = add(
+            reg, name, comps, parent=info["digest"],
+            annotations={**({"adaptation": "qlora"} if quantized else {}), **annotations},
+            actor=actor,
+        )  # fmt: skip
+        inputs = {
+            kind: _component_digest(staged[kind])
+            if kind in staged
+            else info["components"][kind]["digest"]
+            for kind in ("dataset", "config")
+        }
+        record(
+            reg, res.digest, TrainGate, policy.digest if policy else None, inputs,
+            candidate.result, candidate.started, actor, environment=candidate.environment,
+        )  # fmt: skip
     return res
+
+
+def _quiet(_message: str) -> None:
+    """No progress output."""
 
 
 # --- the training run --------------------------------------------------------------------
@@ -334,10 +405,11 @@ def _train(
     val_ex = [e for e in val_ex if _scored(e)]
     spec = _spec(resolved, len(train_ex), quantize)
     progress(f"training {spec.steps} steps on {len(train_ex)} sequences ({device})")
-    outcome = modeling.train_lora(
-        workdir, base_meta, train_ex, val_ex, spec, pad_id=tokenizer.pad_token_id,
-        progress=progress,
-    )  # fmt: skip
+    with modeling.peak_memory(device) as peak:
+        outcome = modeling.train_lora(
+            workdir, base_meta, train_ex, val_ex, spec, pad_id=tokenizer.pad_token_id,
+            progress=progress,
+        )  # fmt: skip
     tmp = tempfile.TemporaryDirectory(prefix="registry-train-")
     adapter_dir = Path(tmp.name) / "adapter"
     modeling.save_adapter(outcome.model, adapter_dir, _base_name(base_meta, parent_adapter))
@@ -388,6 +460,9 @@ def _train(
         "overfitting": fit,
         "train_loss": _thin(outcome.train_loss),
         "val_loss": outcome.val_loss,
+        # GPU memory allocated on CUDA; on the CPU the process's peak resident set
+        # (gates/modeling/memory.py), in MB: a sweep's memory column.
+        "peak_memory": {k: round(v, 3) if isinstance(v, float) else v for k, v in peak.items()},
     }
     if not last < first:
         run.failures.append(f"training loss did not fall ({first:.4f} -> {last:.4f})")
@@ -667,6 +742,25 @@ def _stage_adapter(directory: Path) -> Staged:
     from registry.ingest.adapter import stage
 
     return stage(directory)
+
+
+def _store_adapter(reg: Registry, staged: Staged) -> Staged:
+    """`staged` with its files stored as blobs (durable: temp file, fsync, rename) and
+    named by digest (`external_files`), so the small value travels to another process
+    and `registry.bundles.add` stores the same manifest without reading them again."""
+    from registry import locks
+    from registry.ingest.common import Staged
+    from registry.manifest import FileEntry
+
+    entries = []
+    with locks.writing(reg, "train"):
+        for rel, content in sorted(staged.files.items()):
+            if isinstance(content, bytes):
+                desc = reg.store.put_bytes(content)
+            else:
+                desc = reg.store.put_file(content)
+            entries.append(FileEntry(rel, desc.digest, desc.size))
+    return Staged(staged.kind, meta=staged.meta, source=staged.source, external_files=entries)
 
 
 def _component_digest(staged: Staged) -> str:

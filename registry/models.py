@@ -161,3 +161,27 @@ class BundleSignature(SQLModel, table=True):
     signature_digest: str = Field(max_length=DIGEST_LEN)
     created_at: str = Field(max_length=32)
     actor: str = Field(max_length=128)
+
+
+class Sweep(SQLModel, table=True):
+    """A rank sweep (gates/sweep.py): its id is the short digest of its canonical spec."""
+
+    __tablename__ = "sweep"
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str = Field(max_length=128)
+    from_digest: str = Field(foreign_key="bundle.digest", max_length=DIGEST_LEN)
+    spec: str = Field(sa_column=Column(Text, nullable=False))  # canonical JSON
+    created_at: str = Field(max_length=32)
+    created_by: str = Field(max_length=128)
+
+
+class SweepPoint(SQLModel, table=True):
+    """The bundle a sweep point (rank, alpha, seed, target modules) was registered as."""
+
+    __tablename__ = "sweep_point"
+
+    sweep_id: str = Field(primary_key=True, foreign_key="sweep.id", max_length=64)
+    point: str = Field(primary_key=True, max_length=128)
+    bundle_digest: str = Field(foreign_key="bundle.digest", max_length=DIGEST_LEN)
+    updated_at: str = Field(max_length=32)
