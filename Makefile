@@ -35,7 +35,8 @@ browser:
 # The tests whose verdicts rest on trained models, and the demo, again under every other
 # CPU kernel path this machine offers (PyTorch's AVX-512 / AVX2 / scalar kernels round
 # differently, like a new seed): a margin that holds on one CPU only fails here.
-MODEL_TESTS := tests/gates/test_model_gates.py tests/gates/test_eval_statistics.py tests/test_demo.py
+MODEL_TESTS := tests/gates/test_model_gates.py tests/gates/test_eval_statistics.py tests/gates/test_sweep.py \
+  tests/test_demo.py
 test-paths: $(STAMP)
 	@best=$$($(PY) -c "import torch; print(torch.backends.cpu.get_cpu_capability().lower())"); \
 	for path in default avx2 avx512; do \
@@ -58,7 +59,7 @@ BENCHES := "bench_safetensors_header.py --quick" "bench_dataset_audit.py --quick
 	"bench_cli.py --repeat 5" "bench_ingest.py --size-mib 256 --repeat 1" \
 	"bench_rollback.py --repeat 3" "bench_tui.py --repeat 3" \
 	"bench_remote_s3.py --size-mib 64" "bench_gate_overhead.py --repeat 9" \
-	"bench_eval_throughput.py --prompts 32 --repeat 3"
+	"bench_eval_throughput.py --prompts 32 --repeat 3" "bench_tensors.py --quick"
 bench: $(STAMP)
 	@failed=; for b in $(BENCHES); do \
 	  echo "== $(PY) bench/$$b"; \

@@ -215,24 +215,37 @@ def ls_cmd(
     reg = open_registry()
     try:
         if json_out:  # piped, on SQLite: each row's JSON built by SQLite (bundles.py)
-            text = (
+            parts = (
                 None if sys.stdout.isatty() else bundles.list_bundles_json(reg, name, limit=limit)
             )
-            if text is not None:
-                echo(text)
-            else:
+            if parts is None:
                 emit_json(bundles.list_bundles(reg, name, limit=limit))
+                return
+            write = sys.stdout.write  # in batches: no 20 MB copies for 100,000 bundles
+            write("[")
+            for i in range(0, len(parts), 4096):
+                write(("," if i else "") + ",".join(parts[i : i + 4096]))
+            write("]\n")
             return
-        rows = bundles.ls_rows(reg, name, limit=limit)
+        # on SQLite, SQLite renders the table lines (bundles.ls_table)
+        table = bundles.ls_table(reg, name, limit=limit)
+        rows = bundles.ls_rows(reg, name, limit=limit) if table is None else None
     finally:
         reg.close()
-    if not rows.rows:
+    from registry.present import render_ls, render_ls_table
+
+    if table is not None:
+        listed, text = bool(table.lines), render_ls_table(table, gate_counts)
+        tracked = any(d in table.remote_channels for d in table.special)
+    else:
+        assert rows is not None
+        listed, text = bool(rows.rows), render_ls(rows, gate_counts)
+        tracked = any(digest in rows.remote_channels for digest, *_ in rows.rows)
+    if not listed:
         echo("No bundles yet. Add one with `registry add NAME --base DIR --adapter DIR ...`.")
         return
-    from registry.present import render_ls
-
-    echo(render_ls(rows, gate_counts))
-    if any(digest in rows.remote_channels for digest, *_ in rows.rows):
+    echo(text)
+    if tracked:
         echo("REMOTE/CHANNEL: remote-tracking view (read-only), as of the last pull")
 
 
@@ -250,9 +263,11 @@ def show(
 ) -> None:
     """Components, files, sizes, parsed meta and lineage of one bundle."""
     from registry import bundles
+    from registry.usage import stored
 
     reg = open_registry()
     info = bundles.show(reg, ref)
+    info["stored"] = stored(reg, info["digest"])  # bytes its files' blobs take (pieces once)
     reg.close()
     if json_out:
         emit_json(info)
@@ -407,8 +422,10 @@ def gc(
     for d in report.removed:
         echo(f"{verb} {d}")
     live = f", {report.temp_kept_live} of running writers" if report.temp_kept_live else ""
+    n_lists = report.piece_lists_removed
+    lists = f" (of them {n_lists} piece lists)" if n_lists else ""
     echo(
-        f"{verb} {len(report.removed)} blobs ({human_size(report.freed)}),"
+        f"{verb} {len(report.removed)} blobs{lists} ({human_size(report.freed)}),"
         f" {report.temp_removed} temp files; kept {report.kept_young} younger than"
         f" {grace:.0f}s{live}"
     )
@@ -441,9 +458,22 @@ def export(
 
 def _register_groups() -> None:
     # Command groups kept in their own modules; importing them is cheap (typer only).
-    from cli.commands import completion, gates, policy, release, remote, report, trust, tui
+    from cli.commands import (
+        completion,
+        gates,
+        policy,
+        release,
+        remote,
+        report,
+        sweep,
+        trust,
+        tui,
+        usage,
+        worker,
+    )
 
-    for group in (release, policy, gates, remote, trust, tui, completion, report):
+    for group in (release, policy, gates, sweep, remote, trust, tui, completion, report, usage,
+                  worker):  # fmt: skip
         group.register(app)
 
 

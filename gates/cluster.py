@@ -266,12 +266,12 @@ def worker_environment(device: str | None) -> dict[str, Any]:
     env = environment(device)
     env["executor"] = "ray"
     env["host"] = socket.gethostname()
-    try:
-        import ray
+    import sys
 
+    ray = sys.modules.get("ray")  # imported in a Ray worker; never started here
+    env["ray_node"] = None
+    if ray is not None and ray.is_initialized():
         env["ray_node"] = ray.get_runtime_context().get_node_id()
-    except Exception:  # not in a Ray worker (tests call the task directly)
-        env["ray_node"] = None
     return env
 
 
@@ -304,21 +304,13 @@ def run_gate_task(job: dict[str, Any]) -> dict[str, Any]:
 def train_task(job: dict[str, Any]) -> Candidate:
     """One training point on a worker: the adapter's files go into the blob store; the
     driver registers the bundle (gates.train.register_candidate)."""
-    from gates.train import train_candidate
-    from registry.bundles import show
+    from gates.executor import run_job
 
     reg = _open(job)
     try:
-        tj = job["train"]
-        info = show(reg, tj.from_digest)
-        candidate = train_candidate(reg, info, tj.hyperparameters, None, None)
-        candidate.environment.update(
-            {
-                k: v
-                for k, v in worker_environment(None).items()
-                if k in ("executor", "host", "ray_node")
-            }
-        )
+        candidate = run_job(reg, job["train"])
+        where = worker_environment(None)
+        candidate.environment.update({k: where[k] for k in ("executor", "host", "ray_node")})
         return candidate
     finally:
         reg.close()

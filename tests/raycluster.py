@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -50,6 +51,12 @@ def start(home: Path) -> Cluster:
 
     key = home / "worker.pem"
     signing = generate(key, home / "worker.pub")
+    # Token authentication with a token of this cluster's own, set for this process (the
+    # driver) and the nodes alike: Ray turns token mode on by itself when it finds a
+    # ~/.ray/auth_token (an earlier local `ray.init` writes one), and a driver and nodes
+    # that disagree cannot connect.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     env = {**os.environ, "REGISTRY_SIGNING_KEY": str(key), "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     port = _free_port()

@@ -134,3 +134,80 @@ def test_bad_executor_is_refused_before_anything_runs(project) -> None:  # noqa:
     res = run_cli("gates", "run", tag, "--policy", str(policy), "--on", "slurm", registry=root)
     assert res.code == 2 and "not an executor" in res.err and "Traceback" not in res.err
     assert _runs(root, tag) == before
+
+
+def test_ctrl_c_cancels_the_tasks_still_running(ray_cluster) -> None:  # noqa: ANN001
+    import signal
+    import time
+
+    import ray
+
+    from gates.cluster import _as_completed
+
+    ray.init(address=ray_cluster.address, ignore_reinit_error=True)
+    ref = ray.remote(_sleep).options(num_cpus=1).remote(120)
+    signal.setitimer(signal.ITIMER_REAL, 1.5)
+    old = signal.signal(signal.SIGALRM, signal.default_int_handler)  # "Ctrl-C" in 1.5 s
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            list(_as_completed(ray, {ref: "sleep"}))
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    t = time.monotonic()
+    with pytest.raises((ray.exceptions.TaskCancelledError, ray.exceptions.WorkerCrashedError)):
+        ray.get(ref, timeout=30)
+    assert time.monotonic() - t < 30  # cancelled, not slept out
+
+
+def _sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+SWEEP_POLICY = """
+[channels.production]
+require = ["adapter-compat", "target-eval"]
+
+[gates.target-eval]
+eval_set = "evals/target.jsonl"
+min_delta = -1.0
+"""
+
+
+def _sweep_registry(root: Path, tiny: dict[str, Path], recipe: Path) -> Path:
+    from tests.conftest import add_args
+
+    assert run_cli("init", str(root)).code == 0
+    args = add_args(tiny)
+    args[args.index("--config") + 1] = str(recipe)
+    assert run_cli(*args, registry=root).code == 0
+    policy = mf.write_policy(tiny["evals"].parent, "ray-sweep-policy.toml", SWEEP_POLICY)
+    assert run_cli("policy", "set", str(policy), registry=root).code == 0
+    return root
+
+
+def test_a_sweep_on_ray_gives_the_local_bundles_and_verdicts(ray_cluster, tiny, tmp_path) -> None:  # noqa: ANN001
+    """Same CPU kernel path here and on the nodes (they inherit this environment), so
+    training is bitwise the same: the same adapters, so the same bundle digests."""
+    recipe = mf.write_config(tmp_path / "recipe.json", max_steps=30)
+    sweep = ["sweep", "--from", "support-bot:v1", "--rank", "1,2", "--json"]
+    here = _sweep_registry(tmp_path / "local", tiny, recipe)
+    there = _sweep_registry(tmp_path / "ray", tiny, recipe)
+    local = run_cli(*sweep, registry=here)
+    assert local.code == 0, local.err
+    on_ray = run_cli(*sweep, "--on", f"ray:{ray_cluster.address}", registry=there)
+    assert on_ray.code == 0, on_ray.err
+    a, b = json.loads(local.out), json.loads(on_ray.out)
+    assert a["sweep"] == b["sweep"] and b["executor"].startswith("ray")
+
+    def verdicts(data: dict) -> list[tuple]:
+        return [(p["key"], p["bundle"]["digest"], p["gates"]) for p in data["points"]]
+
+    assert verdicts(a) == verdicts(b)
+    assert a["recommended"]["bundle"]["digest"] == b["recommended"]["bundle"]["digest"]
+    # Trained and gated on the cluster's nodes, recorded here.
+    for p in b["points"]:
+        runs = _runs(there, p["bundle"]["digest"])
+        assert {r["environment"].get("executor") for r in runs} == {"ray"}, p["key"]
