@@ -143,7 +143,7 @@ def run_gates(
             results[name] = done.result
             rec = record(
                 reg, digest, done.gate, policy.digest, done.inputs, done.result, done.started,
-                actor,
+                actor, ended=done.ended,
             )  # fmt: skip
             rec.seconds = done.seconds
             records.append(rec)
@@ -219,6 +219,7 @@ def record(
     actor: str | Identity,
     *,
     environment: dict[str, Any] | None = None,
+    ended: str | None = None,
 ) -> RunRecord:
     """Store the evidence blob, then the gate_run row and its audit event (and, with a
     signing key, its attestation: registry.gate_runs). `environment` is where the gate ran
@@ -226,8 +227,8 @@ def record(
     from registry.identity import of
 
     who = of(reg, actor)
-    row = run_row(reg, digest, cls, policy_digest, inputs, result, started, now(), who.user,
-                  environment)  # fmt: skip
+    row = run_row(reg, digest, cls, policy_digest, inputs, result, started, ended or now(),
+                  who.user, environment)  # fmt: skip
     return record_row(reg, row, who, result.summary)
 
 
