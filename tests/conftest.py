@@ -33,9 +33,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_tiny_project(tmp_path_factory.mktemp("tiny"), seed=0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    """A two-node Ray cluster on loopback, shared by every Ray test (tests/raycluster.py)."""
+    """A two-node Ray cluster on loopback (tests/raycluster.py), shared by the Ray tests of
+    one module and stopped after it: an idle cluster's daemons take about a fifth of this
+    machine's CPU, which the timing tests that follow (serving-eval) must not share."""
     from tests import raycluster
 
     cluster = raycluster.start(tmp_path_factory.mktemp("ray"))
