@@ -222,6 +222,39 @@ def _copy(src_fd: int, dst_fd: int, progress: Progress | None) -> tuple[str, int
     return copy_and_hash(src_fd, dst_fd, progress)
 
 
+_HASH_CHUNK = 4 * 1024 * 1024  # what the pieced ingest hashes at a time
+
+
+def _copy_range(src_fd: int, dst_fd: int, offset: int, n: int, kernel: list[bool]) -> None:
+    """Copy `n` bytes at `offset` of `src_fd` to the start of `dst_fd`: in the kernel
+    while `kernel[0]` holds (cleared for good, on this call and later ones, the first time
+    the kernel cannot copy between the two files), else through a user-space buffer. A
+    short copy (the source shrank) is left for the hashing side to notice."""
+    done = 0
+    while done < n and kernel[0]:
+        try:
+            got = os.copy_file_range(src_fd, dst_fd, min(CHUNK, n - done), offset + done, done)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            kernel[0] = False
+            break
+        if got == 0:
+            return
+        done += got
+    if done < n:
+        buf = bytearray(min(CHUNK, n - done))
+        while done < n:
+            view = memoryview(buf)[: min(len(buf), n - done)]
+            got = _read_exact(src_fd, view, offset + done)
+            written = 0
+            while written < got:
+                written += os.pwrite(dst_fd, view[written:got], done + written)
+            done += got
+            if got < len(view):
+                return
+
+
 def _assemble(store: BlobStore, pl: PieceList, dst_fd: int, durable: bool) -> tuple[str, int]:
     """Copy `pl`'s pieces to their offsets in `dst_fd` (a copier thread, in the kernel
     where it can) and hash what landed, in file order; (digest, bytes hashed)."""
@@ -634,62 +667,83 @@ class BlobStore:
         progress: Progress | None,
     ) -> Descriptor:
         """Store `ranges` of `src_fd` as piece blobs, then the piece list (docs/design.md,
-        "Pieces"). Each byte is read once: this thread hashes it for its piece while a second
-        thread hashes it for the whole file; a writer thread stores each new piece (temp,
-        fsync, rename) while the next is read, and skips pieces already stored. Two piece
-        buffers at most are alive (each at most `piece_size`)."""
+        "Pieces").
+
+        As for a whole blob, the bytes are copied in the kernel (`copy_file_range`, see
+        `_copy_range`) and hashed as read back from the copy, so each name is the digest
+        of exactly the bytes stored: a copier thread copies each piece to a temp file
+        while this thread hashes the previous one for its piece and, on a second thread,
+        for the whole file. A piece already stored is dropped before it is ever fsync'd;
+        a new one is fsync'd and renamed by `_Durable`. Memory stays a few CHUNK buffers,
+        whatever the piece size."""
         whole = _BackgroundHash()
-        largest = max(n for _, n in ranges)
-        free: queue.Queue[tuple[bytearray, int]] = queue.Queue()
-        made = 0
-        todo: queue.Queue[tuple[bytearray, int, int, str] | None] = queue.Queue(maxsize=1)
-        error: list[BaseException] = []
         durable = _Durable()
+        copied: queue.Queue[tuple[int, int, Path] | None] = queue.Queue(maxsize=2)
+        error: list[BaseException] = []
+        stop = threading.Event()
 
-        def writer() -> None:
-            while (item := todo.get()) is not None:
-                buf, seq, n, digest = item
-                try:
-                    if not error:
-                        self._put_piece(memoryview(buf)[:n], digest, durable)
-                except BaseException as exc:  # reported by the reading thread
-                    error.append(exc)
-                free.put((buf, seq))
+        def copier() -> None:
+            kernel = [True]
+            try:
+                for offset, n in ranges:
+                    if stop.is_set():
+                        break
+                    fd, tmp = self._tmpfile()
+                    try:
+                        _copy_range(src_fd, fd, offset, n, kernel)
+                    except BaseException:
+                        os.close(fd)
+                        tmp.unlink(missing_ok=True)
+                        raise
+                    copied.put((fd, n, tmp))
+            except BaseException as exc:  # reported by the hashing thread
+                error.append(exc)
+            finally:
+                copied.put(None)
 
-        thread = threading.Thread(target=writer, name="piece-writer", daemon=True)
+        thread = threading.Thread(target=copier, name="piece-copier", daemon=True)
         thread.start()
+        ring = [(bytearray(_HASH_CHUNK), 0) for _ in range(3)]  # (buffer, its last update)
         pieces: list[Descriptor] = []
+        k = 0
         try:
-            for offset, n in ranges:
-                if free.empty() and made < 2:
-                    free.put((bytearray(largest), 0))
-                    made += 1
-                buf, seq = free.get()
-                if error:
-                    raise error[0]
-                whole.wait(seq)  # the whole-file hasher is done with this buffer
-                h = hashlib.sha256()
-                done = 0
-                while done < n:
-                    view = memoryview(buf)[done : min(n, done + CHUNK)]
-                    if _read_exact(src_fd, view, offset + done) != len(view):
-                        raise InvalidInputError(f"{src} changed while it was being stored")
-                    seq = whole.update(view)
-                    h.update(view)
-                    done += len(view)
-                    if progress:
-                        progress(len(view))
-                digest = f"sha256:{h.hexdigest()}"
-                pieces.append(Descriptor(digest, n))
-                todo.put((buf, seq, n, digest))
+            while (item := copied.get()) is not None:
+                fd, n, tmp = item
+                try:
+                    h = hashlib.sha256()
+                    done = 0
+                    while done < n:
+                        buf, seq = ring[k % len(ring)]
+                        whole.wait(seq)  # the whole-file hasher is done with this buffer
+                        view = memoryview(buf)[: min(n - done, len(buf))]
+                        if _read_exact(fd, view, done) != len(view):
+                            raise InvalidInputError(f"{src} changed while it was being stored")
+                        ring[k % len(ring)] = (buf, whole.update(view))
+                        k += 1
+                        h.update(view)
+                        done += len(view)
+                        if progress:
+                            progress(len(view))
+                    digest = f"sha256:{h.hexdigest()}"
+                    pieces.append(Descriptor(digest, n))
+                    self._keep_piece(fd, tmp, n, digest, durable)
+                except BaseException:
+                    os.close(fd)
+                    tmp.unlink(missing_ok=True)
+                    raise
+            if error:
+                raise error[0]
         finally:
-            todo.put(None)
+            stop.set()
+            while thread.is_alive() or not copied.empty():
+                with contextlib.suppress(queue.Empty):
+                    if (left := copied.get(timeout=0.1)) is not None:
+                        os.close(left[0])
+                        left[2].unlink(missing_ok=True)
             thread.join()
             digest = whole.close()
             durable.close()
-        if error:
-            raise error[0]
-        if os.fstat(src_fd).st_size != size:
+        if len(pieces) != len(ranges) or os.fstat(src_fd).st_size != size:
             raise InvalidInputError(f"{src} changed while it was being stored")
         for d in sorted(durable.dirs):
             _fsync_dir(d)
@@ -699,26 +753,20 @@ class BlobStore:
             self.put_piece_list(PieceList(digest, size, tuple(pieces)))
         return Descriptor(digest, size)
 
-    def _put_piece(self, data: memoryview, digest: str, durable: _Durable) -> None:
-        """Write one piece already hashed to a temp file; `durable` fsyncs and renames it."""
+    def _keep_piece(self, fd: int, tmp: Path, n: int, digest: str, durable: _Durable) -> None:
+        """A hashed piece's temp file: handed to `durable` (fsync, rename) if the piece is
+        new, else closed and removed (its bytes were never fsync'd)."""
         dest = self.path(digest)
-        if digest in durable.pending:  # the same bytes twice in one file
-            return
-        try:
-            if dest.stat().st_size == len(data):
-                self._touch(digest)
-                return
-        except FileNotFoundError:
-            pass
-        fd, tmp = self._tmpfile()
-        try:
-            view = data
-            while view:
-                view = view[os.write(fd, view) :]
-        except BaseException:
+        stored = digest in durable.pending  # the same bytes twice in one file
+        if not stored:
+            with contextlib.suppress(FileNotFoundError):
+                if dest.stat().st_size == n:
+                    self._touch(digest)
+                    stored = True
+        if stored:
             os.close(fd)
             tmp.unlink(missing_ok=True)
-            raise
+            return
         durable.pending.add(digest)
         durable.submit(fd, tmp, dest)
 

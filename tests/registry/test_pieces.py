@@ -23,7 +23,7 @@ from safetensors.numpy import save_file
 
 from gates.tiny.fixed import build_project
 from registry.digest import canonical_json
-from registry.errors import IntegrityError
+from registry.errors import IntegrityError, InvalidInputError
 from registry.pieces import SCHEMA, PieceList, plan
 from registry.store import BlobStore
 
@@ -282,6 +282,32 @@ def test_export_falls_back_to_user_space_and_refuses_a_short_piece(tmp_path, mon
     assert not (tmp_path / "again").exists()
     assert list(tmp_path.glob(".again*")) == []
     assert "size" in (store.check(desc.digest, desc.size) or "")
+
+
+def test_a_file_that_shrinks_while_it_is_stored_leaves_no_list_and_no_temp(
+    tmp_path,
+    monkeypatch,  # noqa: ANN001
+) -> None:
+    import registry.store as store_mod
+
+    store = BlobStore(tmp_path / "reg")
+    store.init()
+    src = tmp_path / "m.safetensors"
+    save_file(tensors(), src)
+
+    def plan_then_truncate(fd: int, size: int, piece_size: int) -> list[tuple[int, int]] | None:
+        ranges = plan(fd, size, piece_size)
+        os.truncate(src, size // 2)  # another process rewrites the file meanwhile
+        return ranges
+
+    monkeypatch.setattr(store_mod, "plan", plan_then_truncate)
+    with pytest.raises(InvalidInputError, match="changed while it was being stored"):
+        store.put_file(src, split_above=SPLIT, piece_size=PIECE)
+    assert list(store.iter_piece_lists()) == []
+    assert list((store.root / "tmp").iterdir()) == []
+    # the pieces stored before the short one are whole, named by their bytes
+    for digest in store.iter_digests():
+        assert store.check(digest, None) is None
 
 
 def test_piece_list_refuses_what_is_not_one() -> None:
