@@ -32,13 +32,17 @@ to missing data. Refs are written with conditional requests: a version with
 `If-None-Match: *` (versions never move), a channel with `If-Match: <etag it was read
 with>` (two pushers cannot overwrite each other silently).
 
-Every blob is re-hashed (SHA-256, the one cryptographic hash of each byte on the client)
-while it uploads, and the request that makes the object exist (PutObject, or
-CompleteMultipartUpload after the parts) waits for that hash: a corrupt local blob is
-never completed on the remote. Single-part uploads also send our sha256 as
-`ChecksumSHA256` (S3 rejects a mismatch); multipart uploads send a CRC32 checksum per part
-(`PART_CHECKSUM`: zlib's C CRC, about 10x cheaper than a second SHA-256 of every byte; S3
-rejects a part whose bytes do not match it). The object's identity stays our sha256,
+Every blob is hashed once on the client (SHA-256) to check it is the blob its name says,
+before the request that makes the object exist (PutObject, or CompleteMultipartUpload
+after the parts): a corrupt local blob is never completed on the remote. Objects up to
+`REGISTRY_S3_SINGLE_PUT_MB` (64 MiB: a whole tensor piece) go as one PutObject that sends
+our sha256 as `ChecksumSHA256` (S3 rejects a mismatch). Over plain http SigV4 signs the
+payload, so botocore hashes the body anyway: that hash is the check (`_SignedPayloadCheck`
+compares it with our digest just before the request is sent), not a second pass. Over
+https the payload is not signed, and a side thread re-hashes the file while it uploads.
+Larger objects go multipart with a CRC32 checksum per part (`PART_CHECKSUM`: zlib's C
+CRC, about 10x cheaper than a second SHA-256 of every byte; S3 rejects a part whose bytes
+do not match it), re-hashed by the side thread. The object's identity stays our sha256,
 which every pull re-verifies. A pull of a file the remote holds as pieces fetches the
 pieces the store lacks, hashes the whole file over them in order and writes the piece
 list only when that is the file's digest (sync.adopt_pieces). Downloads write each part
@@ -138,6 +142,7 @@ REFUSED_CODES = (
 # Downloaded chunks (io_chunksize, 256 KiB) waiting for the one IO thread to write them:
 # the bound on what a pull holds in memory beyond its threads' read buffers (8 MiB).
 DOWNLOAD_IO_QUEUE = 32
+SINGLE_PUT_MB = 64  # objects up to this size are one PutObject (registry.pieces.PIECE_SIZE)
 PART_CHECKSUM = "CRC32"  # multipart part checksum; the whole-object identity is our sha256
 HEAD_LIMIT = 16  # up to this many blobs: one HEAD each; more: one listing of blobs/
 STALE_UPLOAD_S = 24 * 3600  # incomplete multipart uploads older than this are aborted
@@ -151,9 +156,15 @@ def _env_int(name: str, default: int) -> int:
 
 
 def upload_config() -> Any:
-    """Transfer tuning for uploads (override with REGISTRY_S3_UPLOAD_PART_MB and
-    REGISTRY_S3_CONCURRENCY). Measured against loopback moto in bench/README.md."""
-    return _transfer_config("REGISTRY_S3_UPLOAD_PART_MB", 16, concurrency=10)
+    """Transfer tuning for uploads (override with REGISTRY_S3_UPLOAD_PART_MB,
+    REGISTRY_S3_SINGLE_PUT_MB and REGISTRY_S3_CONCURRENCY). Measured against loopback
+    moto in bench/README.md. Objects up to the single-PUT size (default 64 MiB, a whole
+    tensor piece) go as one PutObject: one SHA-256 of the bytes on the client, see
+    `upload_blobs`."""
+    cfg = _transfer_config("REGISTRY_S3_UPLOAD_PART_MB", 16, concurrency=10)
+    single = _env_int("REGISTRY_S3_SINGLE_PUT_MB", SINGLE_PUT_MB) * MiB
+    cfg.multipart_threshold = max(cfg.multipart_chunksize, single + 1)
+    return cfg
 
 
 def download_config() -> Any:
@@ -190,10 +201,42 @@ def _verify_file(path: Path, digest: str, size: int) -> None:
     finally:
         os.close(fd)
     if actual != digest or n != size:
-        raise IntegrityError(
-            f"local blob {short(digest)} does not match its digest; not pushed",
-            "Run `registry verify --all`, then pull the bundle again from a good copy.",
-        )
+        raise _not_pushed(digest)
+
+
+def _not_pushed(digest: str) -> IntegrityError:
+    return IntegrityError(
+        f"local blob {short(digest)} does not match its digest; not pushed",
+        "Run `registry verify --all`, then pull the bundle again from a good copy.",
+    )
+
+
+class _SignedPayloadCheck:
+    """A `before-send` hook for the single-PUT blobs of one push: SigV4 over plain http
+    signs the SHA-256 of the body (X-Amz-Content-SHA256), so just before sending, that
+    hash must be the blob's own digest, or the request is refused. Where the payload is
+    not signed after all (a proxy config, https), the file is hashed here instead."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, tuple[Path, str, int]] = {}  # key -> (path, digest, size)
+
+    def __call__(self, request: Any, **_: Any) -> None:
+        from urllib.parse import unquote, urlsplit
+
+        url_path = unquote(urlsplit(request.url).path).lstrip("/")
+        # the key is the whole path (virtual-hosted addressing) or follows the bucket
+        blob = self.blobs.get(url_path) or self.blobs.get(url_path.partition("/")[2])
+        if blob is None:
+            return
+        path, digest, size = blob
+        signed = request.headers.get("X-Amz-Content-SHA256", "")
+        if isinstance(signed, bytes):  # botocore keeps the signed headers as bytes
+            signed = signed.decode("ascii", "replace")
+        if len(signed) == 64 and all(c in "0123456789abcdef" for c in signed):
+            if signed != hex_of(digest):
+                raise _not_pushed(digest)
+        else:
+            _verify_file(path, digest, size)
 
 
 def _refuse(why: str) -> Callable[[], bytes | None]:
@@ -771,16 +814,17 @@ class S3Remote:
         progress: ProgressFactory | None,
         label: str,
     ) -> None:
-        """Upload blob files in parallel through boto3's transfer manager, verified.
+        """Upload blob files in parallel through boto3's transfer manager, verified, each
+        byte hashed with SHA-256 once on the client.
 
-        Each file is re-hashed in a side thread while its parts upload; the request that
-        makes the object exist (PutObject, or CompleteMultipartUpload after the parts) waits
-        for that hash and is refused if the bytes do not match the digest, so a rotten
-        local blob never becomes a remote one (boto3 then aborts the multipart upload).
-        The parts themselves read the file in parallel, as a plain upload_file does, and
-        carry a CRC32 each (botocore computes it in C): the only SHA-256 of the bytes on the
-        client is the verify pass (over plain http SigV4 also signs each payload, as it does
-        for any upload; over https the payload is unsigned and the CRC32 goes in a trailer).
+        A single-PUT object over plain http is checked by `_SignedPayloadCheck` on the
+        hash SigV4 computes anyway. Every other file is re-hashed in a side thread while
+        its parts upload; the request that makes the object exist (PutObject, or
+        CompleteMultipartUpload after the parts) waits for that hash and is refused if the
+        bytes do not match the digest, so a rotten local blob never becomes a remote one
+        (boto3 then aborts the multipart upload). The parts read the file in parallel, as a
+        plain upload_file does, and carry a CRC32 each (botocore computes it in C; over
+        https the payload is unsigned and the CRC32 goes in a trailer).
         """
         if not blobs:
             return
@@ -802,6 +846,10 @@ class S3Remote:
                  ("PutObject", "CompleteMultipartUpload")]  # fmt: skip
         for hook in hooks:  # a unique_id is per emitter, not per event: one each
             events.register(hook, gate, unique_id=f"{hook}-registry-verify-{id(self)}")
+        signed = _SignedPayloadCheck()
+        hooks.append("before-send.s3.PutObject")
+        events.register(hooks[-1], signed, unique_id=f"{hooks[-1]}-registry-verify-{id(self)}")
+        plain_http = str(self.client.meta.endpoint_url).startswith("http://")
         try:
             with (
                 ThreadPoolExecutor(max_workers=4) as hashers,
@@ -810,11 +858,15 @@ class S3Remote:
                 futures = []
                 for digest, size in sorted(blobs.items(), key=lambda kv: -kv[1]):
                     path, key = reg.store.path(digest), self.blob_key(digest)
-                    checks[key] = hashers.submit(_verify_file, path, digest, size)
+                    single = size < config.multipart_threshold
+                    if single and plain_http:
+                        signed.blobs[key] = (path, digest, size)
+                    else:
+                        checks[key] = hashers.submit(_verify_file, path, digest, size)
                     sha = base64.b64encode(bytes.fromhex(hex_of(digest))).decode()
                     extra = (
                         {"ChecksumSHA256": sha}  # S3 checks the whole object against it
-                        if size < config.multipart_threshold
+                        if single
                         else {"ChecksumAlgorithm": PART_CHECKSUM}  # a CRC32 for every part
                     )
                     futures.append(tm.upload(str(path), self.bucket, key, extra_args=extra,

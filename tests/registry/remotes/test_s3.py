@@ -81,6 +81,7 @@ def refs_on(s3: S3Env, prefix: str = "team") -> dict[str, str]:
 def small_parts(monkeypatch: pytest.MonkeyPatch) -> None:
     """5 MiB parts (S3's minimum) and two threads, so a few MiB exercise multipart."""
     monkeypatch.setenv("REGISTRY_S3_UPLOAD_PART_MB", "5")
+    monkeypatch.setenv("REGISTRY_S3_SINGLE_PUT_MB", "5")
     monkeypatch.setenv("REGISTRY_S3_DOWNLOAD_PART_MB", "5")
     monkeypatch.setenv("REGISTRY_S3_CONCURRENCY", "2")
 

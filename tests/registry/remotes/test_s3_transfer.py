@@ -73,6 +73,7 @@ def temp_files(reg: Path) -> list[Path]:
 def parts(monkeypatch: pytest.MonkeyPatch) -> None:
     """5 MiB parts (S3's minimum) and four threads: a 16 MiB shard is a 4-part object."""
     monkeypatch.setenv("REGISTRY_S3_UPLOAD_PART_MB", "5")
+    monkeypatch.setenv("REGISTRY_S3_SINGLE_PUT_MB", "5")
     monkeypatch.setenv("REGISTRY_S3_DOWNLOAD_PART_MB", "5")
     monkeypatch.setenv("REGISTRY_S3_CONCURRENCY", "4")
 
@@ -117,6 +118,73 @@ def test_push_objects_carry_crc32_part_checksums_and_our_sha256(
     file_blobs = [k for k, s in s3.keys("team/blobs/").items() if s < part]
     assert singles and all(p.endswith(k) for p in singles for k in [p.rsplit("/", 1)[1]])
     assert {p.rsplit("/", 1)[1] for p in singles} <= {k.rsplit("/", 1)[1] for k in file_blobs}
+
+
+def test_a_single_put_is_checked_on_the_hash_sigv4_signs_not_hashed_again(
+    make_registry, tiny, s3: S3Env, checking_s3: tuple[str, ChecksumCheck], monkeypatch
+) -> None:
+    """Up to the single-PUT size (64 MiB) a blob is one PutObject carrying our sha256; over
+    plain http the SHA-256 SigV4 computes of the body is the check, so the push hashes
+    each byte once. A rotten blob is refused before it is sent."""
+    import registry.remotes.s3 as s3_mod
+
+    verified: list[str] = []
+    real = s3_mod._verify_file
+    monkeypatch.setattr(s3_mod, "_verify_file", lambda p, d, n: (verified.append(d), real(p, d, n)))
+    endpoint, check = checking_s3
+    a = make_registry("a")
+    base = marked_base(tiny, a.parent / "base", 16 * MiB)
+    add_big(a, tiny, base)
+    add_remote(a, s3.bucket, endpoint)
+    blob = (base / "model-extra.safetensors").read_bytes()
+    digest = hashlib.sha256(blob).hexdigest()
+    start = len(check.seen)
+    cli_ok(a, "push", "support-bot:v1", "--remote", "origin")
+    assert verified == []  # no second pass: every blob went as a signed single PUT
+    assert [a for p, a in check.seen[start:] if p.endswith(digest)] == ["SHA256"]
+    assert s3.get(f"team/blobs/sha256/{digest}") == blob
+
+    b = make_registry("b")
+    add_big(b, tiny, base)
+    path = b / "blobs" / "sha256" / digest[:2] / digest
+    path.chmod(0o644)
+    with open(path, "r+b") as fh:
+        fh.seek(len(blob) - 1)
+        fh.write(bytes([blob[-1] ^ 1]))
+    add_remote(b, s3.bucket, endpoint, name="other")
+    s3.client.delete_object(Bucket=s3.bucket, Key=f"team/blobs/sha256/{digest}")
+    res = run_cli("push", "support-bot:v1", "--remote", "other", registry=b)
+    assert res.code == 1 and "does not match its digest; not pushed" in res.err
+    assert f"team/blobs/sha256/{digest}" not in s3.keys("team/")
+
+
+def test_an_unsigned_single_put_is_hashed_before_it_is_sent(tmp_path: Path) -> None:
+    from botocore.awsrequest import AWSPreparedRequest
+
+    from registry.errors import IntegrityError
+    from registry.remotes.s3 import _SignedPayloadCheck
+
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    good.write_bytes(b"tensor bytes")
+    bad.write_bytes(b"tensor bytez")
+    digest = "sha256:" + hashlib.sha256(b"tensor bytes").hexdigest()
+    check = _SignedPayloadCheck()
+
+    def send(path: Path, url: str, signed: str) -> None:
+        check.blobs = {"team/blobs/sha256/x": (path, digest, 12)}
+        # botocore keeps signed headers as bytes; a str is taken too
+        headers = {"X-Amz-Content-SHA256": signed.encode() if "127." in url else signed}
+        check(AWSPreparedRequest("PUT", url, headers, b"", False))
+
+    for url in ("http://127.0.0.1:9/bucket/team/blobs/sha256/x",  # path-style
+                "http://bucket.s3.example/team/blobs/sha256/x"):  # fmt: skip
+        send(good, url, "UNSIGNED-PAYLOAD")
+        send(good, url, digest[7:])
+        with pytest.raises(IntegrityError, match="does not match its digest"):
+            send(bad, url, "UNSIGNED-PAYLOAD")  # not signed: hashed here
+        with pytest.raises(IntegrityError, match="does not match its digest"):
+            send(good, url, hashlib.sha256(b"other").hexdigest())  # signed, not ours
+    send(bad, "http://127.0.0.1:9/bucket/team/refs/x", "UNSIGNED-PAYLOAD")  # not a blob
 
 
 def test_a_part_corrupted_in_flight_is_refused_and_never_completed(
@@ -262,6 +330,7 @@ def test_pull_memory_is_flat_in_the_blob_size(
     from registry.repo import Registry
 
     monkeypatch.setenv("REGISTRY_S3_UPLOAD_PART_MB", "8")
+    monkeypatch.setenv("REGISTRY_S3_SINGLE_PUT_MB", "8")
     monkeypatch.setenv("REGISTRY_S3_DOWNLOAD_PART_MB", "8")
     monkeypatch.setenv("REGISTRY_S3_CONCURRENCY", "8")
     bucket = "flat-memory"
