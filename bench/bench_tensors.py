@@ -414,6 +414,8 @@ def main() -> None:
     )
     whole_cfg: tuple[int | str, int] = (WHOLE, pieces_cfg[1])
     need = 7 * big + 3 * small
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(args.workdir or tempfile.gettempdir()).free
     if free < need:
         raise SystemExit(f"needs about {need / 2**30:.1f} GiB free, {free / 2**30:.1f} GiB there")

@@ -25,14 +25,14 @@ from registry.ingest.tensors import TensorInfo, read_header
 PEFT_PREFIX = "base_model.model."
 LORA_PART = re.compile(
     r"^(?P<module>.+)\.(?P<part>lora_A|lora_B|lora_embedding_A|lora_embedding_B"
-    r"|lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?$"
+    r"|lora_magnitude_vector)(?:\.[^.]+)?(?:\.weight)?\Z"
 )
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+\Z", re.ASCII)
 CACHE_PATH = re.compile(
     r"models--(?P<org>[^/\\]+?)--(?P<name>[^/\\]+)[/\\]snapshots[/\\]"
     r"(?P<commit>[0-9a-f]{40})"
 )
-COMMIT = re.compile(r"^[0-9a-f]{40}$")
+COMMIT = re.compile(r"^[0-9a-f]{40}\Z")
 INDEX = "model.safetensors.index.json"
 ALL_LINEAR = "all-linear"  # peft: every linear layer but the output one
 OUTPUT_LAYERS = ("lm_head", "embed_out")

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 ALGORITHM = "sha256"
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
-HEX_RE = re.compile(r"^[0-9a-f]+$")
+_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+HEX_RE = re.compile(r"^[0-9a-f]+\Z")
 
 
 def canonical_json(obj: Any) -> bytes:

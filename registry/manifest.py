@@ -26,7 +26,7 @@ BUNDLE_SCHEMA = "registry.bundle.v1"
 MAX_FILES = 100_000  # per component: a manifest from a remote is input (docs/design.md)
 KINDS = ("base_model", "adapter", "tokenizer", "chat_template", "dataset", "config")
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}\Z")  # \Z: "$" would allow a final "\n"
-EXTERNAL_RE = re.compile(r"^hf://[A-Za-z0-9][\w.-]*/[\w.-]+@[0-9a-f]{40}$")
+EXTERNAL_RE = re.compile(r"^hf://[A-Za-z0-9][\w.-]*/[\w.-]+@[0-9a-f]{40}\Z", re.ASCII)
 
 
 def check_name(name: str) -> str:

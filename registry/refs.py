@@ -26,9 +26,9 @@ from registry.remotes.base import NAME_RE as REMOTE_RE
 if TYPE_CHECKING:
     from registry.db import Connection
 
-VERSION_RE = re.compile(r"^v([1-9][0-9]{0,9})$")
-CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-PREFIX_RE = re.compile(r"^sha256:([0-9a-f]{8,64})$")
+VERSION_RE = re.compile(r"^v([1-9][0-9]{0,9})\Z")
+CHANNEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}\Z")
+PREFIX_RE = re.compile(r"^sha256:([0-9a-f]{8,64})\Z")
 MAX_CANDIDATES = 10
 
 

@@ -25,8 +25,8 @@ from registry.ingest.common import (
 from registry.manifest import FileEntry
 from registry.paths import check_relpath
 
-HF_RE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?$")
-COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+HF_RE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[\w./-]+))?\Z", re.ASCII)
+COMMIT_RE = re.compile(r"^[0-9a-f]{40}\Z")
 QUANT_KEYS = ("quant_method", "bits", "load_in_4bit", "load_in_8bit", "bnb_4bit_quant_type")
 CONFIG_KEYS = (
     "model_type", "architectures", "hidden_size", "num_hidden_layers", "num_attention_heads",

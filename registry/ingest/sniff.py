@@ -36,7 +36,7 @@ _MAX_MEMBERS = 10_000  # zip members whose first bytes are looked at
 _MEMBER_HEAD = 4096
 _DESCR_KEY_RE = re.compile(r"""['"]descr['"]\s*:\s*""")
 _TOKEN_RE = re.compile(r"""'[^'\n]*'|"[^"\n]*"|[()\[\],]|\s+|\d+|.""")
-_OBJECT_TYPE_RE = re.compile(r"^[<>|=]?O\d*$")
+_OBJECT_TYPE_RE = re.compile(r"^[<>|=]?O\d*\Z", re.ASCII)
 
 
 def sniff_file(path: Path) -> str | None:

@@ -26,13 +26,13 @@ from registry.paths import check_relpath
 if TYPE_CHECKING:
     from registry.repo import Registry
 
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
-BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}\Z")
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z")
 HF_REPO_RE = re.compile(
-    r"^(?P<org>[A-Za-z0-9][A-Za-z0-9_.-]{0,95})/(?P<repo>[A-Za-z0-9_.-]{1,96})$"
+    r"^(?P<org>[A-Za-z0-9][A-Za-z0-9_.-]{0,95})/(?P<repo>[A-Za-z0-9_.-]{1,96})\Z"
 )
-PROFILE_RE = re.compile(r"^[A-Za-z0-9_.@+=,-]{1,128}$")
-REGION_RE = re.compile(r"^[a-z0-9-]{1,32}$")
+PROFILE_RE = re.compile(r"^[A-Za-z0-9_.@+=,-]{1,128}\Z")
+REGION_RE = re.compile(r"^[a-z0-9-]{1,32}\Z")
 
 # A factory of progress callbacks, as registry.output.file_progress yields: (label, total
 # bytes) -> a callback taking the bytes just moved, or None for no bar.

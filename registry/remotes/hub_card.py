@@ -36,8 +36,8 @@ def _lineage(reg: Registry, ref: str) -> list[str]:
     return [p["tag"] or short(p["digest"]) for p in info["lineage"]]
 
 
-HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}$")
-LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}$")
+HF_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[\w.-]{1,96}\Z", re.ASCII)
+LICENSE_RE = re.compile(r"^[a-z0-9][a-z0-9.+-]{0,63}\Z")
 
 
 def card_license(bundle: BundleBlobs) -> tuple[str | None, str]:

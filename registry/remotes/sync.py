@@ -720,7 +720,7 @@ MAX_CREATION_RECORD = 4096
 """The largest creation record a pull reads (a few dozen bytes are written)."""
 CREATION_FORMAT = 1
 MAX_CREATOR = 128  # the bundle.created_by column (VARCHAR(128))
-_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z$")
+_TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?Z\Z", re.ASCII)
 
 
 @dataclass(frozen=True)

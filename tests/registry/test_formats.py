@@ -168,3 +168,53 @@ def test_our_parser_agrees_with_the_reference_on_refusals(tmp_path: Path) -> Non
         path = write_safetensors(tmp_path / f"b{i}.safetensors", **case)
         with pytest.raises(Exception):  # noqa: B017 - the reference raises its own type
             safe_open(str(path), framework="numpy")
+
+
+# A "$" anchor matches before a final "\n" and "\d" / "\w" match non-ASCII digits and
+# letters, so "sha256:<hex>\n" or "v١" would pass a check written with them.
+@pytest.mark.parametrize(
+    ("check", "good"),
+    [
+        ("digest", D),
+        ("ref", "bot:v3"),
+        ("channel-ref", "bot:production"),
+        ("digest-prefix-ref", "sha256:aaaaaaaa"),
+        ("remote", "origin"),
+        ("bucket", "s3://models-1/team"),
+        ("hub-repo", "hf://my-org/bot"),
+    ],
+)
+def test_identifier_checks_refuse_a_final_newline_and_non_ascii_digits(
+    check: str, good: str
+) -> None:
+    from registry import refs
+    from registry.digest import is_digest
+    from registry.errors import RegistryError
+    from registry.remotes.base import check_remote_name, parse_hf_url, parse_s3_url
+
+    def ok(text: str) -> bool:
+        try:
+            return {
+                "digest": lambda: is_digest(text),
+                "ref": lambda: bool(refs.parse(text)),
+                "channel-ref": lambda: bool(refs.parse(text)),
+                "digest-prefix-ref": lambda: bool(refs.parse(text)),
+                "remote": lambda: bool(check_remote_name(text)),
+                "bucket": lambda: bool(parse_s3_url(text)),
+                "hub-repo": lambda: bool(parse_hf_url(text)),
+            }[check]()
+        except RegistryError:
+            return False
+
+    assert ok(good)
+    assert not ok(good + "\n")
+    if good[-1].isdigit():
+        assert not ok(good[:-1] + "\u0663")  # ARABIC-INDIC DIGIT THREE
+
+
+def test_a_creation_record_time_must_be_ascii_and_end_where_it_ends() -> None:
+    from registry.remotes.sync import _TIMESTAMP
+
+    assert _TIMESTAMP.match("2026-01-31T12:00:00.000000Z")
+    assert not _TIMESTAMP.match("2026-01-31T12:00:00.000000Z\n")
+    assert not _TIMESTAMP.match("2026-01-31T12:00:0\u0660Z")
