@@ -675,13 +675,15 @@ class S3Remote:
             send = {d: s for d, s in whole.items() if d not in present}
             send.update({d: s for d, s in pieces_of(todo.values()).items() if d not in present})
             self.upload_blobs(reg, send, progress, f"push {name}:{vtag}")
-            # Piece lists after every piece they name, before the manifests naming the file.
-            for digest, pl in sorted(todo.items()):
+
+            # Piece lists and component manifests after every blob they name (together: a
+            # few small PUTs each a round trip, so in parallel); the bundle manifest last.
+            def put_list(digest: str, pl: PieceList) -> None:
                 data = pl.to_bytes()
                 if self._put_if(self.pieces_key(digest), data, IfNoneMatch="*"):
                     send[self.pieces_key(digest)] = len(data)  # else another pusher's is there
-            # Manifests after every file they list; the bundle manifest last of all.
-            for digest, data in manifests:
+
+            def put_manifest(digest: str, data: bytes) -> None:
                 if digest not in present:
                     self.client.put_object(
                         Bucket=self.bucket,
@@ -690,6 +692,13 @@ class S3Remote:
                         ChecksumSHA256=base64.b64encode(bytes.fromhex(hex_of(digest))).decode(),
                     )
                     send[digest] = len(data)
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                done = [pool.submit(put_list, d, pl) for d, pl in sorted(todo.items())]
+                done += [pool.submit(put_manifest, d, data) for d, data in manifests[:-1]]
+                for f in done:
+                    f.result()  # the first error, after every request has ended
+            put_manifest(*manifests[-1])
             result.blobs_sent = len(send)
             result.bytes_sent = sum(send.values())
             # Written once: the first push's record stands (a later one is refused, 412).
