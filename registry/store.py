@@ -727,8 +727,8 @@ class BlobStore:
         of exactly the bytes stored: a copier thread copies each piece to a temp file
         while this thread hashes the previous one for its piece and, on a second thread,
         for the whole file. A piece already stored is dropped before it is ever fsync'd;
-        a new one is fsync'd and renamed by `_Durable`. Memory stays a few CHUNK buffers,
-        whatever the piece size."""
+        a new one is fsync'd and renamed by `_Durable`. Memory stays a few MiB (mmap
+        windows, see `_hash_landed`), whatever the piece size."""
         whole = _BackgroundHash()
         durable = _Durable()
         copied: queue.Queue[tuple[int, int, Path] | None] = queue.Queue(maxsize=2)
