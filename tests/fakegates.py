@@ -144,7 +144,7 @@ def _fixed_classes() -> dict[str, type]:
     import math
 
     from gates.evals import RegressionEvalGate, TargetEvalGate
-    from gates.serving import REFERENCE, ServingEvalGate, _judge, _ratios, _summary
+    from gates.serving import CPU, REFERENCE, ServingEvalGate, _judge, _ratios, _summary
     from gates.train import TrainGate, _thin, _window_mean, overfitting
 
     class FixedTargetEval(TargetEvalGate):
@@ -202,11 +202,11 @@ def _fixed_classes() -> dict[str, type]:
             spec, p = fixed_spec(ctx, "serving-eval"), ctx.params
             factor = {REFERENCE: 1.0} | {m: float(spec.get(m, 1.0)) for m in p["modes"]}
             rounds = [20.0 + (r % 3) for r in range(12)]
-            timed = {m: [(ms * f, 16) for ms in rounds] for m, f in factor.items()}
+            timed = {m: [(ms * f, 16, ms * f) for ms in rounds] for m, f in factor.items()}
             results = {m: _summary(t, {"peak_mb": 512.0 + 100 * (m == "merged"),
                                        "method": "fixed"}) for m, t in timed.items()}  # fmt: skip
             modes = [m for m in results if m != REFERENCE]
-            ratios = {m: _ratios(timed[REFERENCE], timed[m]) for m in modes}
+            ratios = {m: _ratios(timed[REFERENCE], timed[m], CPU) for m in modes}
             metrics: dict[str, Any] = {"adapter_size_mb": 0.01}
             for mode in [*modes, REFERENCE]:
                 for key in ("p50_latency_ms", "p95_latency_ms", "tokens_per_s", "peak_memory_mb"):
