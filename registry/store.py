@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import BinaryIO, cast
 
 from registry.digest import Descriptor, check_digest, hex_of, short
 from registry.errors import IntegrityError, InvalidInputError
@@ -226,34 +226,39 @@ def _copy(src_fd: int, dst_fd: int, progress: Progress | None) -> tuple[str, int
 _HASH_CHUNK = 4 * 1024 * 1024  # what the pieced ingest hashes at a time
 
 
-def _copy_range(src_fd: int, dst_fd: int, offset: int, n: int, kernel: list[bool]) -> None:
-    """Copy `n` bytes at `offset` of `src_fd` to the start of `dst_fd`: in the kernel
+def _copy_range(
+    src_fd: int, src_off: int, dst_fd: int, dst_off: int, n: int, kernel: list[bool]
+) -> int:
+    """Copy `n` bytes at `src_off` of `src_fd` to `dst_off` of `dst_fd`: in the kernel
     while `kernel[0]` holds (cleared for good, on this call and later ones, the first time
-    the kernel cannot copy between the two files), else through a user-space buffer. A
-    short copy (the source shrank) is left for the hashing side to notice."""
+    the kernel cannot copy between the two files), else through a user-space buffer. The
+    bytes copied: fewer than `n` only if the source ended first."""
     done = 0
     while done < n and kernel[0]:
         try:
-            got = os.copy_file_range(src_fd, dst_fd, min(CHUNK, n - done), offset + done, done)
+            got = os.copy_file_range(
+                src_fd, dst_fd, min(CHUNK, n - done), src_off + done, dst_off + done
+            )
         except OSError as exc:
             if exc.errno not in _NO_KERNEL_COPY:
                 raise
             kernel[0] = False
             break
         if got == 0:
-            return
+            return done
         done += got
     if done < n:
         buf = bytearray(min(CHUNK, n - done))
         while done < n:
             view = memoryview(buf)[: min(len(buf), n - done)]
-            got = _read_exact(src_fd, view, offset + done)
+            got = _read_exact(src_fd, view, src_off + done)
             written = 0
             while written < got:
-                written += os.pwrite(dst_fd, view[written:got], done + written)
+                written += os.pwrite(dst_fd, view[written:got], dst_off + done + written)
             done += got
             if got < len(view):
-                return
+                break
+    return done
 
 
 def _assemble(store: BlobStore, pl: PieceList, dst_fd: int, durable: bool) -> tuple[str, int]:
@@ -264,8 +269,7 @@ def _assemble(store: BlobStore, pl: PieceList, dst_fd: int, durable: bool) -> tu
     stop = threading.Event()
 
     def copier() -> None:
-        kernel, since = True, 0
-        buf = bytearray(CHUNK)
+        kernel, since = [True], 0
         try:
             for offset, piece in pl.offsets():
                 pfd = os.open(store.path(piece.digest), os.O_RDONLY)
@@ -273,29 +277,11 @@ def _assemble(store: BlobStore, pl: PieceList, dst_fd: int, durable: bool) -> tu
                     pos = 0
                     while pos < piece.size and not stop.is_set():
                         k = min(CHUNK, piece.size - pos)
-                        got = 0
-                        while got < k:
-                            if kernel:
-                                try:
-                                    n = os.copy_file_range(
-                                        pfd, dst_fd, k - got, pos + got, offset + pos + got
-                                    )
-                                except OSError as exc:
-                                    if exc.errno not in _NO_KERNEL_COPY:
-                                        raise
-                                    kernel = False
-                                    continue
-                            else:
-                                view = memoryview(buf)[: k - got]
-                                n = os.preadv(pfd, [view], pos + got)
-                                if n:
-                                    n = os.pwritev(dst_fd, [view[:n]], offset + pos + got)
-                            if n == 0:
-                                raise IntegrityError(
-                                    f"blob {pl.digest} is corrupt (its piece {piece.digest}"
-                                    f" is shorter than {piece.size} bytes)"
-                                )
-                            got += n
+                        if _copy_range(pfd, pos, dst_fd, offset + pos, k, kernel) < k:
+                            raise IntegrityError(
+                                f"blob {pl.digest} is corrupt (its piece {piece.digest}"
+                                f" is shorter than {piece.size} bytes)"
+                            )
                         chunks.put((offset + pos, k))
                         pos += k
                         since += k
@@ -332,8 +318,8 @@ def _assemble(store: BlobStore, pl: PieceList, dst_fd: int, durable: bool) -> tu
     return f"sha256:{h.hexdigest()}", total
 
 
-def _hash_landed(fd: int, n: int, whole: _BackgroundHash, progress: Progress | None) -> Any:
-    """The sha256 of the `n` bytes of `fd` (exactly its size), fed to `whole` as well.
+def _hash_landed(fd: int, n: int, whole: _BackgroundHash, progress: Progress | None) -> str:
+    """The digest of the `n` bytes of `fd` (exactly its size), fed to `whole` as well.
 
     Both hash the file's page-cache pages in place, through mmap windows of _HASH_CHUNK
     (no copy out of the page cache: a third less CPU than reading into a buffer, measured
@@ -365,7 +351,7 @@ def _hash_landed(fd: int, n: int, whole: _BackgroundHash, progress: Progress | N
     finally:
         while live:
             unmap()
-    return h
+    return f"sha256:{h.hexdigest()}"
 
 
 class _BackgroundHash:
@@ -743,7 +729,7 @@ class BlobStore:
                         break
                     fd, tmp = self._tmpfile()
                     try:
-                        _copy_range(src_fd, fd, offset, n, kernel)
+                        _copy_range(src_fd, offset, fd, 0, n, kernel)  # short: seen below
                     except BaseException:
                         os.close(fd)
                         tmp.unlink(missing_ok=True)
@@ -763,8 +749,7 @@ class BlobStore:
                 try:
                     if os.fstat(fd).st_size != n:  # the source shrank under the copy
                         raise InvalidInputError(f"{src} changed while it was being stored")
-                    h = _hash_landed(fd, n, whole, progress)
-                    digest = f"sha256:{h.hexdigest()}"
+                    digest = _hash_landed(fd, n, whole, progress)
                     pieces.append(Descriptor(digest, n))
                     self._keep_piece(fd, tmp, n, digest, durable)
                 except BaseException:

@@ -71,7 +71,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry import locks, refs
-from registry.digest import canonical_json, check_digest, hex_of, short
+from registry.digest import HEX_RE, canonical_json, check_digest, hex_of, short
 from registry.errors import (
     ConflictError,
     IntegrityError,
@@ -232,7 +232,7 @@ class _SignedPayloadCheck:
         signed = request.headers.get("X-Amz-Content-SHA256", "")
         if isinstance(signed, bytes):  # botocore keeps the signed headers as bytes
             signed = signed.decode("ascii", "replace")
-        if len(signed) == 64 and all(c in "0123456789abcdef" for c in signed):
+        if len(signed) == 64 and HEX_RE.match(signed):
             if signed != hex_of(digest):
                 raise _not_pushed(digest)
         else:
