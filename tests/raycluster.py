@@ -83,16 +83,38 @@ def start(home: Path) -> Cluster:
     return Cluster(f"127.0.0.1:{port}", [head, other], key, signing.id)
 
 
-def _wait_for_nodes(address: str, n: int, timeout: float = 90.0) -> None:
-    """Connect this process as a driver and wait until `n` nodes are alive."""
+def _node_id() -> str:
     import ray
+
+    return str(ray.get_runtime_context().get_node_id())
+
+
+def _wait_for_nodes(address: str, n: int, timeout: float = 90.0) -> None:
+    """Connect this process as a driver and wait until `n` nodes are alive and each has run
+    a task. A node the GCS lists as alive may not yet have a worker, or its CPU in the
+    scheduler's view, and SPREAD then puts every task of the first test on the other node
+    (CI saw it once): a task pinned to each node waits until both really take work."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     deadline = time.monotonic() + timeout
-    while sum(1 for node in ray.nodes() if node["Alive"]) < n:
+    while len(alive := [node["NodeID"] for node in ray.nodes() if node["Alive"]]) < n:
         if time.monotonic() > deadline:
             raise RuntimeError(f"the Ray cluster at {address} has fewer than {n} nodes")
         time.sleep(0.2)
+    probe = ray.remote(num_cpus=1)(_node_id)
+    refs = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+        for node in alive
+    ]
+    ran = ray.get(refs, timeout=max(1.0, deadline - time.monotonic()))
+    if sorted(ran) != sorted(alive):
+        raise RuntimeError(f"the Ray cluster at {address}: tasks ran on {ran}, not on {alive}")
+    while ray.available_resources().get("CPU", 0) < n:  # the probes' CPUs are free again
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the Ray cluster at {address} has not freed its {n} CPUs")
+        time.sleep(0.1)
 
 
 def _pids_of(temp_dirs: list[Path]) -> list[int]:
