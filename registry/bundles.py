@@ -78,7 +78,7 @@ def hash_file(reg: Registry, path: Path) -> tuple[str, int]:
     """sha256 of a file that is not stored (an external base in the HF cache), cached."""
     import os
 
-    from registry.store import hash_fd
+    from registry.copying import hash_fd
 
     if (known := reg.statcache.get(path)) is not None:
         return known.digest, known.size

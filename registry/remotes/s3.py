@@ -193,7 +193,7 @@ def _transfer_config(
 
 def _verify_file(path: Path, digest: str, size: int) -> None:
     """Raise IntegrityError unless the file holds exactly the blob `digest`."""
-    from registry.store import hash_fd
+    from registry.copying import hash_fd
 
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from registry import gate_runs, refs
+from registry.copying import hash_fd
 from registry.db import DBIntegrityError, now
 from registry.digest import Descriptor, is_digest, sha256_bytes, short
 from registry.errors import (
@@ -34,7 +35,6 @@ from registry.errors import (
 )
 from registry.manifest import KINDS, BundleManifest, ComponentManifest
 from registry.pieces import PIECE_SIZE, PieceList
-from registry.store import hash_fd
 
 if TYPE_CHECKING:
     from registry.identity import Identity
@@ -191,12 +191,8 @@ def missing_blobs(reg: Registry, bundle: BundleBlobs) -> dict[str, int]:
 
 
 def install(store: BlobStore, tmp: Path, digest: str) -> None:
-    """Rename a verified, fsync'd temp file (in `store.tmp`) into place as `digest`.
-
-    The one place this package reaches into the store's private commit step; see the
-    proposed public `BlobStore.adopt` in the remotes report.
-    """
-    store._commit(tmp, digest)
+    """Rename a verified, fsync'd temp file (from `store.tmpfile`) into place as `digest`."""
+    store.adopt(tmp, digest)
 
 
 class BlobSink:
@@ -264,7 +260,7 @@ class BlobSink:
 
     def _open(self) -> int:
         if self._fd is None:
-            self._fd, self.tmp = self.store._tmpfile()
+            self._fd, self.tmp = self.store.tmpfile()
         return self._fd
 
     def _close(self) -> None:

@@ -38,7 +38,7 @@ def test_put_file_hashes_while_copying_and_is_read_only(tmp_path: Path) -> None:
 
 
 def test_stat_cache_skips_rehash_of_unchanged_files(reg, tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    from registry import bundles, statcache, store
+    from registry import bundles, copying, statcache, store
 
     src = tmp_path / "w.bin"
     src.write_bytes(os.urandom(1 << 20))
@@ -49,8 +49,11 @@ def test_stat_cache_skips_rehash_of_unchanged_files(reg, tmp_path, monkeypatch) 
     def boom(*_a, **_k):  # noqa: ANN002, ANN003, ANN202
         raise AssertionError("file was read again")
 
-    monkeypatch.setattr(store, "copy_and_hash", boom)
-    monkeypatch.setattr(store, "hash_fd", boom)
+    for module in (copying, store):  # every way the store reads a file's bytes
+        for fn in ("copy_hashed", "hash_fd"):
+            monkeypatch.setattr(module, fn, boom)
+    monkeypatch.setattr(copying, "kernel_copy_and_hash", boom)
+    monkeypatch.setattr(copying, "copy_and_hash", boom)
     assert bundles.store_file(reg, src) == desc
     src.write_bytes(os.urandom(1 << 20))  # changed: must be read again
     monkeypatch.undo()
