@@ -8,8 +8,10 @@ stderr and its exit code here, in `main`; a traceback only with --debug or REGIS
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -480,15 +482,62 @@ def _register_groups() -> None:
 _register_groups()
 
 
+_VALUED = ("--registry", "-R")  # the app callback's options that take a value
+
+
+def invoked_name(argv: list[str]) -> str | None:
+    """The command or group name `argv` (without the program) invokes: the first word
+    that is neither an option of the app callback nor the value of one."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in _VALUED:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+@contextlib.contextmanager
+def only_invoked(typer_app: typer.Typer, argv: list[str]) -> Iterator[None]:
+    """Register only the command (or group) `argv` names while the app runs.
+
+    Typer turns every registered command into a click command, reading each one's
+    signature and evaluating its annotations, before it dispatches: about 80 ms of every
+    `registry` process here for 70 functions, against a few ms for one (bench/README.md).
+    When `argv` names exactly one command or group, the others are left out; otherwise
+    (help, a typo, no command) the whole app is built, so help and suggestions are
+    unchanged. Restored afterwards."""
+    name = invoked_name(argv)
+    commands, groups = typer_app.registered_commands, typer_app.registered_groups
+
+    def command_name(info: Any) -> str:
+        return info.name or info.callback.__name__.lower().replace("_", "-")
+
+    keep_c = [c for c in commands if command_name(c) == name]
+    keep_g = [g for g in groups if g.name == name]
+    if name is None or len(keep_c) + len(keep_g) != 1:
+        yield
+        return
+    typer_app.registered_commands, typer_app.registered_groups = keep_c, keep_g
+    try:
+        yield
+    finally:
+        typer_app.registered_commands, typer_app.registered_groups = commands, groups
+
+
 def main() -> None:
     """Entry point: run the app, turning RegistryError into one line and an exit code."""
     debug = "--debug" in sys.argv or os.environ.get("REGISTRY_DEBUG") == "1"
-    if os.environ.get("_REGISTRY_COMPLETE"):  # the shell asks for completions
+    completing = bool(os.environ.get("_REGISTRY_COMPLETE"))
+    if completing:  # the shell asks for completions: of every command
         from cli.commands.completion import enable_completion
 
         enable_completion()
     try:
-        rc = app(standalone_mode=False)
+        with contextlib.nullcontext() if completing else only_invoked(app, sys.argv[1:]):
+            rc = app(standalone_mode=False)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except RegistryError as exc:
