@@ -341,6 +341,13 @@ _LS_ODD = (
 )
 
 
+_LS_UNIT_MAXES = ", ".join(  # the largest plain integer size in each human_size unit
+    f"max(CASE WHEN typeof(size) = 'integer' AND size >= {lo} AND size < {hi} THEN size END)"
+    for lo, hi in zip([0] + [1024**k for k in range(1, 6)],
+                      [1024**k for k in range(1, 6)] + [9007199254740992], strict=True)
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class LsTable:
     """`registry ls` as SQLite renders it (SQLite only): `lines` in list order, each the
@@ -380,16 +387,16 @@ def ls_table(reg: Registry, name: str | None = None, *, limit: int | None = None
         where = f"FROM {listed} WHERE {cond}"
         tag_w = _tuples(conn, "SELECT max(length(name) + 2 + length(v)) FROM (SELECT name,"
                         f" max(version) AS v {where} GROUP BY name)", params)[0][0]  # fmt: skip
-        digest_w, created_w, odd = _tuples(
+        # one scan for the other widths: the longest digest and created_at cells, whether
+        # any value is odd, and the largest plain size within each unit (B, KiB, ... PiB;
+        # an odd row's size is measured with its cells below)
+        digest_w, created_w, odd, *sizes = _tuples(
             conn,
             "SELECT min(19, max(length(digest))), min(19, max(length(created_at))),"
-            f" total({_LS_ODD}) {where}",
+            f" total({_LS_ODD}), {_LS_UNIT_MAXES} {where}",
             params,
         )[0]
-        units = " + ".join(f"(size >= {1024**k})" for k in range(1, 6))
-        sizes = _tuples(conn, f"SELECT max(size) {where} AND NOT ({_LS_ODD}) GROUP BY {units}",
-                        params)  # fmt: skip
-        size_w = max((len(human_size(r[0])) for r in sizes), default=0)
+        size_w = max((len(human_size(s)) for s in sizes if s is not None), default=0)
         measured = (tag_w, digest_w, size_w, created_w)
         special_if = f"{_LS_EXTRA} OR {_LS_ODD}" if odd else _LS_EXTRA
         special = {
