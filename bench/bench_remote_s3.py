@@ -42,6 +42,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+import bench.common  # noqa: E402, F401  (children run from bytecode, as installed)
+
 MiB = 1024 * 1024
 
 ENV = {
