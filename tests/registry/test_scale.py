@@ -101,13 +101,18 @@ def test_bundle_manifest_is_hashed_once_by_verify(shared, reg, monkeypatch) -> N
     from registry import verify as verify_mod
 
     opened: list[str] = []
-    real_open = builtins.open
+    real_open, real_os_open = builtins.open, os.open
 
     def counting(path, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
         opened.append(os.fspath(path))
         return real_open(path, *a, **k)
 
-    monkeypatch.setattr(builtins, "open", counting)
+    def os_counting(path, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        opened.append(os.fspath(path))
+        return real_os_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", counting)  # every way a blob is opened
+    monkeypatch.setattr(os, "open", os_counting)
     report = verify_mod.verify(reg, all_blobs=True)
     monkeypatch.undo()
     assert report.ok
