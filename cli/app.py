@@ -9,6 +9,7 @@ stderr and its exit code here, in `main`; a traceback only with --debug or REGIS
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import sys
 from collections.abc import Iterator
@@ -200,6 +201,7 @@ def ls_cmd(
     """List bundles, newest version first, with the channels that hold them (and the
     read-only remote-tracking views, as REMOTE/CHANNEL, that name them)."""
     from registry import bundles
+    from registry.present import ls_table_lines, render_ls
 
     if remote is not None:
         from cli.commands.remote import ls_remote, render_ls_remote
@@ -229,26 +231,34 @@ def ls_cmd(
                 write(("," if i else "") + ",".join(parts[i : i + 4096]))
             write("]\n")
             return
-        # on SQLite, SQLite renders the table lines (bundles.ls_table)
-        table = bundles.ls_table(reg, name, limit=limit)
-        rows = bundles.ls_rows(reg, name, limit=limit) if table is None else None
+        # on SQLite, SQLite renders the table lines, written as they are read
+        # (bundles.ls_table_stream); on PostgreSQL, Python renders the rows
+        with bundles.ls_table_stream(reg, name, limit=limit) as table:
+            if table is not None:
+                if table.count:
+                    _write_lines(ls_table_lines(table, gate_counts))
+                listed = bool(table.count)
+                tracked = any(d in table.remote_channels for d in table.special)
+        if table is None:
+            rows = bundles.ls_rows(reg, name, limit=limit)
+            listed = bool(rows.rows)
+            if listed:
+                echo(render_ls(rows, gate_counts))
+            tracked = any(digest in rows.remote_channels for digest, *_ in rows.rows)
     finally:
         reg.close()
-    from registry.present import render_ls, render_ls_table
-
-    if table is not None:
-        listed, text = bool(table.lines), render_ls_table(table, gate_counts)
-        tracked = any(d in table.remote_channels for d in table.special)
-    else:
-        assert rows is not None
-        listed, text = bool(rows.rows), render_ls(rows, gate_counts)
-        tracked = any(digest in rows.remote_channels for digest, *_ in rows.rows)
     if not listed:
         echo("No bundles yet. Add one with `registry add NAME --base DIR --adapter DIR ...`.")
         return
-    echo(text)
     if tracked:
         echo("REMOTE/CHANNEL: remote-tracking view (read-only), as of the last pull")
+
+
+def _write_lines(lines: Iterator[str], batch: int = 4096) -> None:
+    """Write `lines` to stdout as they come, a batch at a time."""
+    write = sys.stdout.write
+    while chunk := list(itertools.islice(lines, batch)):
+        write("\n".join(chunk) + "\n")
 
 
 def gate_counts(counts: dict[str, int]) -> str:

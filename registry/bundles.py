@@ -8,8 +8,10 @@ unreferenced blobs, which `registry gc` removes after its grace period.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -357,21 +359,38 @@ class LsTable:
     `widths` (TAG, DIGEST, SIZE, CREATED: the widest cell of any row) and the small
     tables, as in a Listing."""
 
-    lines: list[str]
+    lines: Iterable[str]  # a list from ls_table; read while consumed from ls_table_stream
     special: dict[str, tuple[str, int, int | None, str]]
     widths: tuple[int, int, int, int]
     channels: dict[str, list[str]]
     remote_channels: dict[str, list[str]]
     gates: dict[str, dict[str, int]]
+    count: int = 0  # the rows listed
 
 
 def ls_table(reg: Registry, name: str | None = None, *, limit: int | None = None) -> LsTable | None:
     """The bundles `registry ls` lists, their table lines built by SQLite's printf (at
     100,000 bundles faster than formatting each row in Python); None on PostgreSQL (use
     ls_rows). Each line equals what present.render_ls makes of the row
-    (tests/registry/test_fast_paths.py compares them)."""
+    (tests/registry/test_fast_paths.py compares them). `ls_table_stream` gives the same
+    lines as they are read."""
+    with ls_table_stream(reg, name, limit=limit) as table:
+        if table is None:
+            return None
+        return dataclasses.replace(table, lines=list(table.lines))
+
+
+@contextlib.contextmanager
+def ls_table_stream(
+    reg: Registry, name: str | None = None, *, limit: int | None = None
+) -> Iterator[LsTable | None]:
+    """`ls_table` whose `lines` are read as the caller consumes them (fetched a few
+    thousand at a time), valid inside this context, which holds one read transaction: so
+    `registry ls` prints its first screen once SQLite has sorted, and holds a batch of
+    lines, not 100,000. None on PostgreSQL."""
     if reg.db.postgres:
-        return None
+        yield None
+        return
     from registry.output import human_size
     from registry.present import LS_HEADERS
 
@@ -389,10 +408,10 @@ def ls_table(reg: Registry, name: str | None = None, *, limit: int | None = None
                         f" max(version) AS v {where} GROUP BY name)", params)[0][0]  # fmt: skip
         # one scan for the other widths: the longest digest and created_at cells, whether
         # any value is odd, and the largest plain size within each unit (B, KiB, ... PiB;
-        # an odd row's size is measured with its cells below)
-        digest_w, created_w, odd, *sizes = _tuples(
+        # an odd row's size is measured with its cells below); and the number of rows
+        count, digest_w, created_w, odd, *sizes = _tuples(
             conn,
-            "SELECT min(19, max(length(digest))), min(19, max(length(created_at))),"
+            "SELECT count(*), min(19, max(length(digest))), min(19, max(length(created_at))),"
             f" total({_LS_ODD}), {_LS_UNIT_MAXES} {where}",
             params,
         )[0]
@@ -419,9 +438,19 @@ def ls_table(reg: Registry, name: str | None = None, *, limit: int | None = None
             f" printf('%-!*s  %-!*s  %-!*s  %-!*s  -', {w[0]}, {_LS_TAG}, {w[1]},"
             f" substr(digest, 1, 19), {w[2]}, {_HUMAN_SQL}, {w[3]}, {_LS_CREATED}) END"
         )
-        lines = [r[0] for r in _tuples(conn, _ls_sql(line, name, limit, sqlite=True), params)]
-    held_sorted = {d: sorted(c) for d, c in held.items()}
-    return LsTable(lines, special, (w[0], w[1], w[2], w[3]), held_sorted, tracked, gates)
+        cursor = conn.raw.execute(_ls_sql(line, name, limit, sqlite=True), params)
+
+        def lines() -> Iterator[str]:
+            while rows := cursor.fetchmany(_LS_BATCH):
+                for r in rows:
+                    yield r[0]
+
+        held_sorted = {d: sorted(c) for d, c in held.items()}
+        yield LsTable(lines(), special, (w[0], w[1], w[2], w[3]), held_sorted, tracked,
+                      gates, count)  # fmt: skip
+
+
+_LS_BATCH = 4096  # lines fetched from SQLite at a time
 
 
 def show(reg: Registry, ref: str) -> dict[str, Any]:

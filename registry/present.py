@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, TextIO
 
 from registry.output import colour_enabled, human_size, paint
@@ -137,17 +137,23 @@ def render_ls_table(
     rows (channels, gate runs, tracking views, odd values) rendered here as render_ls does,
     with SQLite's column widths and a GATES width from the special rows (every other row's
     GATES cell is `-`, the end of its line)."""
+    return "\n".join(ls_table_lines(table, gates, stream))
+
+
+def ls_table_lines(
+    table: LsTable, gates: Callable[[dict[str, int]], str], stream: TextIO | None = None
+) -> Iterator[str]:
+    """render_ls_table's lines, the header first, each made as `table.lines` yields its
+    own (so a streamed table is written as it is read)."""
     cells = {digest: _ls_cells(table, gates, digest, *row) for digest, row in table.special.items()}
     w = [*table.widths, max([len(LS_HEADERS[4]), *(len(c[4]) for c in cells.values())])]
-    lines = [_ls_head(w)]
+    yield _ls_head(w)
     if not cells:
-        lines += table.lines
-    else:
-        colour = colour_enabled(stream)
-        lines += [
-            _ls_line(cells[ln[1:]], w, colour, stream) if ln[0] == "!" else ln for ln in table.lines
-        ]
-    return "\n".join(lines)
+        yield from table.lines
+        return
+    colour = colour_enabled(stream)
+    for ln in table.lines:
+        yield _ls_line(cells[ln[1:]], w, colour, stream) if ln[0] == "!" else ln
 
 
 def _ls_cells(

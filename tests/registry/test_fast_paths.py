@@ -186,9 +186,9 @@ def test_sql_human_size_is_human_size() -> None:
 
 
 @pytest.mark.usefixtures("fake_gates")
-def test_ls_table_is_render_ls_line_for_line(cli, reg, tiny, tmp_path) -> None:  # noqa: ANN001
+def test_ls_table_is_render_ls_line_for_line(cli, reg, tiny, tmp_path, monkeypatch) -> None:  # noqa: ANN001, E501
     from registry import bundles, tracking
-    from registry.present import render_ls, render_ls_table
+    from registry.present import ls_table_lines, render_ls, render_ls_table
     from tests.conftest import add_args
     from tests.registry.test_channels import write_policy
 
@@ -216,17 +216,24 @@ def test_ls_table_is_render_ls_line_for_line(cli, reg, tiny, tmp_path) -> None: 
     if reg.db.postgres:
         assert bundles.ls_table(reg) is None and bundles.list_bundles_json(reg) is None
         return
+    monkeypatch.setattr(bundles, "_LS_BATCH", 2)  # a streamed listing takes several fetches
     for kw in ({}, {"limit": 1}, {"limit": 4}, {"name": "support-bot"}, {"name": "odd-1"},
                {"name": "odd-2", "limit": 1}, {"name": "nothing"}):  # fmt: skip
         table = bundles.ls_table(reg, **kw)
         assert table is not None
-        want = render_ls(bundles.ls_rows(reg, **kw), gates)
+        listing = bundles.ls_rows(reg, **kw)
+        want = render_ls(listing, gates)
         assert render_ls_table(table, gates) == want, kw
+        with bundles.ls_table_stream(reg, **kw) as streamed:  # what `registry ls` writes
+            assert streamed is not None and not isinstance(streamed.lines, list)
+            assert streamed.count == len(listing.rows), kw
+            assert "\n".join(ls_table_lines(streamed, gates)) == want, kw
         parts = bundles.list_bundles_json(reg, **kw)
         assert parts is not None
         assert json.loads("[" + ",".join(parts) + "]") == bundles.list_bundles(reg, **kw), kw
     table = bundles.ls_table(reg)
     assert table is not None and len(table.special) == 5  # 3 with extras, 2 odd sizes
     shown = cli("ls").out
+    assert shown.startswith(render_ls(bundles.ls_rows(reg), gates) + "\n")
     assert "REMOTE/CHANNEL: remote-tracking view" in shown
     assert "staging" in shown and "origin/production" in shown and "1 passed" in shown
