@@ -387,7 +387,8 @@ def ls_table_stream(
     """`ls_table` whose `lines` are read as the caller consumes them (fetched a few
     thousand at a time), valid inside this context, which holds one read transaction: so
     `registry ls` prints its first screen once SQLite has sorted, and holds a batch of
-    lines, not 100,000. None on PostgreSQL."""
+    lines, not 100,000. The database is in WAL mode (registry/db.py), so a listing paused
+    by a pager keeps its snapshot without blocking writers. None on PostgreSQL."""
     if reg.db.postgres:
         yield None
         return
