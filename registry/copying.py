@@ -116,6 +116,21 @@ def kernel_copy_and_hash(
 
     thread = threading.Thread(target=copier, name="blob-copier", daemon=True)
     thread.start()
+    return hash_as_copied(chunks, dst_fd, thread, stop, error, progress)
+
+
+def hash_as_copied(
+    chunks: queue.Queue[tuple[int, int] | None],
+    dst_fd: int,
+    thread: threading.Thread,
+    stop: threading.Event,
+    error: list[BaseException],
+    progress: Progress | None = None,
+) -> tuple[str, int]:
+    """(sha256, bytes hashed) of what a copier `thread` lands in `dst_fd`: each (offset,
+    length) it puts on `chunks` (None when it ends) is read back from `dst_fd`, in order,
+    and hashed. Then the copier is stopped, drained and joined, and the first error it
+    appended to `error` is raised here."""
     h = hashlib.sha256()
     buf = bytearray(CHUNK)
     total = 0
@@ -123,7 +138,7 @@ def kernel_copy_and_hash(
         while (item := chunks.get()) is not None:
             off, k = item
             view = memoryview(buf)[:k]
-            got = os.preadv(dst_fd, [view], off)
+            got = read_exact(dst_fd, view, off)
             h.update(view[:got])
             total += got
             if progress:

@@ -22,6 +22,7 @@ from registry.copying import (
     Progress,
     copy_range,
     fsync_dir,
+    hash_as_copied,
     read_exact,
     writeback_starter,
 )
@@ -72,25 +73,7 @@ def _assemble(store: BlobStore, pl: PieceList, dst_fd: int, durable: bool) -> tu
 
     thread = threading.Thread(target=copier, name="piece-copier", daemon=True)
     thread.start()
-    h = hashlib.sha256()
-    buf = bytearray(CHUNK)
-    total = 0
-    try:
-        while (item := chunks.get()) is not None:
-            off, k = item
-            view = memoryview(buf)[:k]
-            got = read_exact(dst_fd, view, off)
-            h.update(view[:got])
-            total += got
-    finally:
-        stop.set()
-        while thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                chunks.get(timeout=0.1)
-        thread.join()
-    if error:
-        raise error[0]
-    return f"sha256:{h.hexdigest()}", total
+    return hash_as_copied(chunks, dst_fd, thread, stop, error)
 
 
 def hash_landed(fd: int, n: int, whole: BackgroundHash, progress: Progress | None) -> str:
