@@ -1,7 +1,7 @@
 """Moving a file's bytes into the store: copied in the kernel where it can be
 (copy_file_range, or a reflink clone), else through user space, and hashed as they
-landed, so a blob's name is the digest of exactly the bytes stored (docs/design.md, "Blob
-store"). Used by registry/store.py for whole blobs and registry/piece_io.py for pieces."""
+landed, so a blob's name is the digest of exactly the bytes stored (docs/design.md, "Local
+registry"). Used by registry/store.py for whole blobs and registry/piece_io.py for pieces."""
 
 from __future__ import annotations
 
