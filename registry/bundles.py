@@ -365,7 +365,7 @@ class LsTable:
     channels: dict[str, list[str]]
     remote_channels: dict[str, list[str]]
     gates: dict[str, dict[str, int]]
-    count: int = 0  # the rows listed
+    count: int  # the rows listed
 
 
 def ls_table(reg: Registry, name: str | None = None, *, limit: int | None = None) -> LsTable | None:

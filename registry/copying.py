@@ -14,6 +14,7 @@ import queue
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 CHUNK = 8 * 1024 * 1024
 FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
@@ -92,31 +93,46 @@ def kernel_copy_and_hash(
     def copier() -> None:
         off, since = done, done
         chunks.put((0, done))
-        try:
-            while off < size and not stop.is_set():
-                k = min(CHUNK, size - off)
-                got = 0
-                while got < k:
-                    n = os.copy_file_range(src_fd, dst_fd, k - got, off + got, off + got)
-                    if n == 0:  # the source shrank under us
-                        break
-                    got += n
-                chunks.put((off, got))
-                off += got
-                since += got
-                if got < k:
+        while off < size and not stop.is_set():
+            k = min(CHUNK, size - off)
+            got = 0
+            while got < k:
+                n = os.copy_file_range(src_fd, dst_fd, k - got, off + got, off + got)
+                if n == 0:  # the source shrank under us
                     break
-                if since >= SYNC_EVERY:
-                    os.fdatasync(dst_fd)
-                    since = 0
-        except BaseException as exc:  # reported by the hashing thread
+                got += n
+            chunks.put((off, got))
+            off += got
+            since += got
+            if got < k:
+                break
+            if since >= SYNC_EVERY:
+                os.fdatasync(dst_fd)
+                since = 0
+
+    thread = start_producer(copier, chunks, error, "blob-copier")
+    return hash_as_copied(chunks, dst_fd, thread, stop, error, progress)
+
+
+def start_producer(
+    body: Callable[[], None], out: queue.Queue[Any], error: list[BaseException], name: str
+) -> threading.Thread:
+    """Run `body` on a daemon thread named `name` that always ends `out` with None and
+    appends any exception it raises to `error`, for the thread consuming `out` to raise
+    (`hash_as_copied`, piece_io.put_pieces): the copier side of each copy-then-hash
+    pipeline here."""
+
+    def run() -> None:
+        try:
+            body()
+        except BaseException as exc:  # reported by the consuming thread
             error.append(exc)
         finally:
-            chunks.put(None)
+            out.put(None)
 
-    thread = threading.Thread(target=copier, name="blob-copier", daemon=True)
+    thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
-    return hash_as_copied(chunks, dst_fd, thread, stop, error, progress)
+    return thread
 
 
 def hash_as_copied(

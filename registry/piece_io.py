@@ -24,6 +24,7 @@ from registry.copying import (
     fsync_dir,
     hash_as_copied,
     read_exact,
+    start_producer,
     writeback_starter,
 )
 from registry.digest import Descriptor, short
@@ -46,33 +47,27 @@ def _assemble(store: BlobStore, pl: PieceList, dst_fd: int, durable: bool) -> tu
 
     def copier() -> None:
         kernel, since = [True], 0
-        try:
-            for offset, piece in pl.offsets():
-                pfd = os.open(store.path(piece.digest), os.O_RDONLY)
-                try:
-                    pos = 0
-                    while pos < piece.size and not stop.is_set():
-                        k = min(CHUNK, piece.size - pos)
-                        if copy_range(pfd, pos, dst_fd, offset + pos, k, kernel) < k:
-                            raise IntegrityError(
-                                f"blob {pl.digest} is corrupt (its piece {piece.digest}"
-                                f" is shorter than {piece.size} bytes)"
-                            )
-                        chunks.put((offset + pos, k))
-                        pos += k
-                        since += k
-                        if durable and since >= SYNC_EVERY:
-                            os.fdatasync(dst_fd)
-                            since = 0
-                finally:
-                    os.close(pfd)
-        except BaseException as exc:  # reported by the hashing thread
-            error.append(exc)
-        finally:
-            chunks.put(None)
+        for offset, piece in pl.offsets():
+            pfd = os.open(store.path(piece.digest), os.O_RDONLY)
+            try:
+                pos = 0
+                while pos < piece.size and not stop.is_set():
+                    k = min(CHUNK, piece.size - pos)
+                    if copy_range(pfd, pos, dst_fd, offset + pos, k, kernel) < k:
+                        raise IntegrityError(
+                            f"blob {pl.digest} is corrupt (its piece {piece.digest}"
+                            f" is shorter than {piece.size} bytes)"
+                        )
+                    chunks.put((offset + pos, k))
+                    pos += k
+                    since += k
+                    if durable and since >= SYNC_EVERY:
+                        os.fdatasync(dst_fd)
+                        since = 0
+            finally:
+                os.close(pfd)
 
-    thread = threading.Thread(target=copier, name="piece-copier", daemon=True)
-    thread.start()
+    thread = start_producer(copier, chunks, error, "piece-copier")
     return hash_as_copied(chunks, dst_fd, thread, stop, error)
 
 
@@ -295,31 +290,25 @@ def put_pieces(
 
     def copier() -> None:
         kernel = [True]
-        try:
-            for offset, n in ranges:
-                if stop.is_set():
-                    break
-                fd, tmp = store.tmpfile()
-                try:
-                    copy_range(src_fd, offset, fd, 0, n, kernel)  # short: seen below
-                    # Start writing at once if this piece is probably new (the last one
-                    # hashed was): a first add keeps the disk busy as the whole-file
-                    # copy does, while a release that shares most pieces with an earlier
-                    # one does not write pieces it is about to drop.
-                    if last_was_new[0]:
-                        start_writeback(fd)
-                except BaseException:
-                    os.close(fd)
-                    tmp.unlink(missing_ok=True)
-                    raise
-                copied.put((fd, n, tmp))
-        except BaseException as exc:  # reported by the hashing thread
-            error.append(exc)
-        finally:
-            copied.put(None)
+        for offset, n in ranges:
+            if stop.is_set():
+                break
+            fd, tmp = store.tmpfile()
+            try:
+                copy_range(src_fd, offset, fd, 0, n, kernel)  # short: seen below
+                # Start writing at once if this piece is probably new (the last one
+                # hashed was): a first add keeps the disk busy as the whole-file
+                # copy does, while a release that shares most pieces with an earlier
+                # one does not write pieces it is about to drop.
+                if last_was_new[0]:
+                    start_writeback(fd)
+            except BaseException:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                raise
+            copied.put((fd, n, tmp))
 
-    thread = threading.Thread(target=copier, name="piece-copier", daemon=True)
-    thread.start()
+    thread = start_producer(copier, copied, error, "piece-copier")
     pieces: list[Descriptor] = []
     try:
         while (item := copied.get()) is not None:
