@@ -50,6 +50,7 @@ def test_canonical_manifests_take_the_fast_path_and_equal_the_strict_parse() -> 
     cases = [
         manifest(),
         manifest({"n": "1", "git": "abc", "": "empty key", "é": "naïve ✓", "a,b": "c}:{"}),
+        manifest({"},components:{": "},name:", "z": "}},,{{"}),  # the cut points, unquoted
         manifest(parent=sha256_bytes(b"p"), components={"adapter": D["adapter"]}),
         manifest(components={}),
         manifest(components={"base_model": Descriptor(D["adapter"].digest, 2**63 - 1)}),
@@ -61,8 +62,11 @@ def test_canonical_manifests_take_the_fast_path_and_equal_the_strict_parse() -> 
         assert fast.to_bytes() == data
     # strings that need an escape are canonical too, but left to the strict path
     escaped = manifest({"q": 'say "hi"', "nl": "a\nb", "bs": "C:\\x", "ctl": "\x01"})
-    assert m._canonical_bundle(escaped) is None
-    assert BundleManifest.from_bytes(escaped) == strict(escaped)
+    # and so are annotations that quote the places the fast path cuts at
+    cuts = manifest({"a": '},"components":{', "b": '},"name":"x'})
+    for data in (escaped, cuts):
+        assert m._canonical_bundle(data) is None
+        assert BundleManifest.from_bytes(data) == strict(data)
 
 
 def test_bad_bundle_manifests_are_refused_with_the_strict_paths_words() -> None:
