@@ -9,7 +9,6 @@ stderr and its exit code here, in `main`; a traceback only with --debug or REGIS
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import sys
 from collections.abc import Iterator
@@ -201,7 +200,7 @@ def ls_cmd(
     """List bundles, newest version first, with the channels that hold them (and the
     read-only remote-tracking views, as REMOTE/CHANNEL, that name them)."""
     from registry import bundles
-    from registry.present import ls_table_lines, render_ls
+    from registry.present import ls_table_batches, render_ls
 
     if remote is not None:
         from cli.commands.remote import ls_remote, render_ls_remote
@@ -236,7 +235,9 @@ def ls_cmd(
         with bundles.ls_table_stream(reg, name, limit=limit) as table:
             if table is not None:
                 if table.count:
-                    _write_lines(ls_table_lines(table, gate_counts))
+                    write = sys.stdout.write
+                    for batch in ls_table_batches(table, gate_counts):
+                        write("\n".join(batch) + "\n")
                 listed = bool(table.count)
                 tracked = any(d in table.remote_channels for d in table.special)
         if table is None:
@@ -252,13 +253,6 @@ def ls_cmd(
         return
     if tracked:
         echo("REMOTE/CHANNEL: remote-tracking view (read-only), as of the last pull")
-
-
-def _write_lines(lines: Iterator[str], batch: int = 4096) -> None:
-    """Write `lines` to stdout as they come, a batch at a time."""
-    write = sys.stdout.write
-    while chunk := list(itertools.islice(lines, batch)):
-        write("\n".join(chunk) + "\n")
 
 
 def gate_counts(counts: dict[str, int]) -> str:

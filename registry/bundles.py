@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -207,10 +208,13 @@ def load_component(reg: Registry, desc: Descriptor) -> ComponentManifest:
     return ComponentManifest.from_bytes(reg.store.read_bytes(desc.digest))
 
 
-def _ls_sql(select: str, name: str | None, limit: int | None, *, sqlite: bool = False) -> str:
-    """The listing query. A full listing on SQLite scans the table and sorts once (NOT
-    INDEXED): walking the name index costs a row lookup per bundle, 1.5-2x slower."""
-    where = " WHERE name = :n" if name else (" NOT INDEXED" if sqlite else "")
+def _ls_sql(select: str, name: str | None, limit: int | None, *, table_scan: bool = False) -> str:
+    """The listing query. The columns `ls` shows are all in the listing index (migration
+    0004), which SQLite walks in name order, sorting only each name's versions: rows come
+    as they are read. A full listing of other columns on SQLite (`table_scan`) scans the
+    table and sorts once (NOT INDEXED): walking an index would cost a row lookup per
+    bundle, 1.5-2x slower."""
+    where = " WHERE name = :n" if name else (" NOT INDEXED" if table_scan else "")
     return f"SELECT {select} FROM bundle{where} ORDER BY name, version DESC" + (
         " LIMIT :lim" if limit is not None else ""
     )
@@ -245,7 +249,7 @@ def list_bundles(
     channels that hold it."""
     with reg.db.read() as conn:
         out = conn.execute(
-            _ls_sql(refs.BUNDLE_COLUMNS, name, limit, sqlite=not conn.postgres),
+            _ls_sql(refs.BUNDLE_COLUMNS, name, limit, table_scan=not conn.postgres),
             {"n": name, "lim": limit},
         ).dicts()
         held, tracked, gates = _ls_extras(conn, name)
@@ -282,7 +286,7 @@ def list_bundles_json(
         extra = held.keys() | tracked.keys() | gates.keys()
         row = f"CASE WHEN {_LS_EXTRA} THEN '!' || {_JSON_ROW} ELSE {_JSON_ROW} END"
         params = {"n": name, "lim": limit, "extra": json.dumps(sorted(extra))}
-        parts = [r[0] for r in _tuples(conn, _ls_sql(row, name, limit, sqlite=True), params)]
+        parts = [r[0] for r in _tuples(conn, _ls_sql(row, name, limit, table_scan=True), params)]
     if extra:
         for i, text in enumerate(parts):
             if text[0] == "!":
@@ -309,8 +313,7 @@ class Listing:
 def ls_rows(reg: Registry, name: str | None = None, *, limit: int | None = None) -> Listing:
     """The bundles `registry ls` lists (or one name's; the first `limit`), as a Listing."""
     with reg.db.read() as conn:
-        sql = _ls_sql("digest, name, version, size, created_at", name, limit,
-                      sqlite=not conn.postgres)  # fmt: skip
+        sql = _ls_sql("digest, name, version, size, created_at", name, limit)
         rows = _tuples(conn, sql, {"n": name, "lim": limit})
         held, tracked, gates = _ls_extras(conn, name)
     return Listing(rows, {d: sorted(c) for d, c in held.items()}, tracked, gates)
@@ -343,8 +346,12 @@ _LS_ODD = (
 )
 
 
-_LS_UNIT_MAXES = ", ".join(  # the largest plain integer size in each human_size unit
-    f"max(CASE WHEN typeof(size) = 'integer' AND size >= {lo} AND size < {hi} THEN size END)"
+# the largest size in each human_size unit: the longest SIZE cell of the unit, as a cell's
+# length grows with the size within a unit. No type test per row: a value of another type
+# in a unit's range (a real) is odd, and its row is rendered by human_size, as the maximum
+# is measured; a text or blob compares above every range
+_LS_UNIT_MAXES = ", ".join(
+    f"max(CASE WHEN size >= {lo} AND size < {hi} THEN size END)"
     for lo, hi in zip([0] + [1024**k for k in range(1, 6)],
                       [1024**k for k in range(1, 6)] + [9007199254740992], strict=True)
 )  # fmt: skip
@@ -352,20 +359,24 @@ _LS_UNIT_MAXES = ", ".join(  # the largest plain integer size in each human_size
 
 @dataclass(frozen=True)
 class LsTable:
-    """`registry ls` as SQLite renders it (SQLite only): `lines` in list order, each the
-    finished table line of a plain bundle, or `!` and the digest of one `special` holds
+    """`registry ls` as SQLite renders it (SQLite only): `batches` of lines in list order,
+    each the finished table line of a plain bundle, or `!` and the digest of one `special` holds
     as (name, version, size, created_at): a bundle with channels, tracking views or gate
     runs, or an odd value (`_LS_ODD`), rendered by present.py with the column widths
     `widths` (TAG, DIGEST, SIZE, CREATED: the widest cell of any row) and the small
     tables, as in a Listing."""
 
-    lines: Iterable[str]  # a list from ls_table; read while consumed from ls_table_stream
+    batches: Iterable[list[str]]  # one list from ls_table; read while consumed if streamed
     special: dict[str, tuple[str, int, int | None, str]]
     widths: tuple[int, int, int, int]
     channels: dict[str, list[str]]
     remote_channels: dict[str, list[str]]
     gates: dict[str, dict[str, int]]
     count: int  # the rows listed
+
+    @property
+    def lines(self) -> Iterator[str]:
+        return itertools.chain.from_iterable(self.batches)
 
 
 def ls_table(reg: Registry, name: str | None = None, *, limit: int | None = None) -> LsTable | None:
@@ -377,17 +388,18 @@ def ls_table(reg: Registry, name: str | None = None, *, limit: int | None = None
     with ls_table_stream(reg, name, limit=limit) as table:
         if table is None:
             return None
-        return dataclasses.replace(table, lines=list(table.lines))
+        return dataclasses.replace(table, batches=[list(table.lines)])
 
 
 @contextlib.contextmanager
 def ls_table_stream(
     reg: Registry, name: str | None = None, *, limit: int | None = None
 ) -> Iterator[LsTable | None]:
-    """`ls_table` whose `lines` are read as the caller consumes them (fetched a few
-    thousand at a time), valid inside this context, which holds one read transaction: so
-    `registry ls` prints its first screen once SQLite has sorted, and holds a batch of
-    lines, not 100,000. The database is in WAL mode (registry/db.py), so a listing paused
+    """`ls_table` whose `batches` are read as the caller consumes them (a few thousand
+    lines at a time), valid inside this context, which holds one read transaction: so
+    `registry ls` prints its first screen once the widths are measured (the listing index
+    gives the rows in name order, sorted a name at a time), and holds a batch of lines,
+    not 100,000. The database is in WAL mode (registry/db.py), so a listing paused
     by a pager keeps its snapshot without blocking writers. None on PostgreSQL."""
     if reg.db.postgres:
         yield None
@@ -399,7 +411,7 @@ def ls_table_stream(
         held, tracked, gates = _ls_extras(conn, name)
         params = {"n": name, "lim": limit, "extra": json.dumps(sorted(held | tracked | gates))}
         if limit is not None:  # the rows the limit picks
-            listed, cond = f"({_ls_sql('*', name, limit, sqlite=True)})", "1"
+            listed, cond = f"({_ls_sql('*', name, limit)})", "1"
         else:  # every listed row, in no order
             listed, cond = "bundle", "name = :n" if name else "1"
         # column widths without rendering every cell: the longest tag of a name is its
@@ -407,15 +419,19 @@ def ls_table_stream(
         where = f"FROM {listed} WHERE {cond}"
         tag_w = _tuples(conn, "SELECT max(length(name) + 2 + length(v)) FROM (SELECT name,"
                         f" max(version) AS v {where} GROUP BY name)", params)[0][0]  # fmt: skip
-        # one scan for the other widths: the longest digest and created_at cells, whether
-        # any value is odd, and the largest plain size within each unit (B, KiB, ... PiB;
-        # an odd row's size is measured with its cells below); and the number of rows
-        count, digest_w, created_w, odd, *sizes = _tuples(
-            conn,
-            "SELECT count(*), min(19, max(length(digest))), min(19, max(length(created_at))),"
-            f" total({_LS_ODD}), {_LS_UNIT_MAXES} {where}",
-            params,
+        # one scan for the other widths: whether any value is odd, the largest size within
+        # each unit (B, KiB, ... PiB; an odd row's size is measured with its cells below);
+        # and the number of rows. The DIGEST and CREATED cells are cut at 19 characters,
+        # which every stored digest and timestamp has: found at the first row, not a scan
+        count, odd, *sizes = _tuples(
+            conn, f"SELECT count(*), total({_LS_ODD}), {_LS_UNIT_MAXES} {where}", params
         )[0]
+        digest_w, created_w = (
+            19
+            if _tuples(conn, f"SELECT 1 {where} AND length({c}) >= 19 LIMIT 1", params)
+            else _tuples(conn, f"SELECT max(length({c})) {where}", params)[0][0]
+            for c in ("digest", "created_at")
+        )
         size_w = max((len(human_size(s)) for s in sizes if s is not None), default=0)
         measured = (tag_w, digest_w, size_w, created_w)
         special_if = f"{_LS_EXTRA} OR {_LS_ODD}" if odd else _LS_EXTRA
@@ -439,15 +455,14 @@ def ls_table_stream(
             f" printf('%-!*s  %-!*s  %-!*s  %-!*s  -', {w[0]}, {_LS_TAG}, {w[1]},"
             f" substr(digest, 1, 19), {w[2]}, {_HUMAN_SQL}, {w[3]}, {_LS_CREATED}) END"
         )
-        cursor = conn.raw.execute(_ls_sql(line, name, limit, sqlite=True), params)
+        cursor = conn.raw.execute(_ls_sql(line, name, limit), params)
 
-        def lines() -> Iterator[str]:
+        def batches() -> Iterator[list[str]]:
             while rows := cursor.fetchmany(_LS_BATCH):
-                for r in rows:
-                    yield r[0]
+                yield [r[0] for r in rows]
 
         held_sorted = {d: sorted(c) for d, c in held.items()}
-        yield LsTable(lines(), special, (w[0], w[1], w[2], w[3]), held_sorted, tracked,
+        yield LsTable(batches(), special, (w[0], w[1], w[2], w[3]), held_sorted, tracked,
                       gates, count)  # fmt: skip
 
 

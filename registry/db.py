@@ -26,7 +26,7 @@ from typing import Any
 from registry.errors import RegistryError, SchemaError
 
 # The Alembic head this code expects; tests/registry/test_migrations.py keeps it equal to the head.
-SCHEMA_REVISION = "0003_sweep"
+SCHEMA_REVISION = "0004_listing_index"
 MIGRATIONS_PACKAGE = "registry.migrations"
 
 
