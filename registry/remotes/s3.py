@@ -647,34 +647,47 @@ class S3Remote:
         name, version = row["name"], row["version"]
         vtag = f"v{version}"
         result = PushResult(self.spec.name, bundle.digest, f"{name}:{vtag}", parsed.channel)
+        files = bundle.file_blobs()
+        manifests = bundle.manifest_blobs()
+        side = local_side_blobs(reg, bundle.digest)  # policies, gate evidence
+        trust = local_trust(reg, bundle.digest)  # attestations, signatures, keys
+        side.update(trust.blobs())
+        # A file stored here as pieces travels as its pieces and its piece list, never
+        # whole: unless the remote holds it already (whole, or its own piece list).
+        lists = local_piece_lists(reg, {**files, **side})
+        pieces = pieces_of(lists.values())
+        whole = {d: s for d, s in {**files, **side}.items() if d not in lists}
+        wanted = {**whole, **pieces, **{d: len(b) for d, b in manifests}}
         with self.errors(f"push {name}:{vtag}"):
-            self.check_format(create=True)
-            existing = self.get_ref(name, vtag)
-            if existing is not None and existing[0] != bundle.digest:
-                raise self._version_conflict(name, vtag, existing[0], bundle.digest)
-            files = bundle.file_blobs()
-            manifests = bundle.manifest_blobs()
-            side = local_side_blobs(reg, bundle.digest)  # policies, gate evidence
-            trust = local_trust(reg, bundle.digest)  # attestations, signatures, keys
-            side.update(trust.blobs())
-            # A file stored here as pieces travels as its pieces and its piece list, never
-            # whole: unless the remote holds it already (whole, or its own piece list).
-            lists = local_piece_lists(reg, {**files, **side})
-            pieces = pieces_of(lists.values())
-            whole = {d: s for d, s in {**files, **side}.items() if d not in lists}
-            wanted = {**whole, **pieces, **{d: len(b) for d, b in manifests}}
-            present = self.present({**wanted, **{d: pl.size for d, pl in lists.items()}})
-            listed = self.present_piece_lists([d for d in lists if d not in present])
-            todo = {d: pl for d, pl in lists.items() if d not in present and d not in listed}
-            result.blobs = len(wanted) + len(lists)
-            result.bytes_total = sum(wanted.values()) + sum(
-                len(pl.to_bytes()) for pl in lists.values()
-            )
-            with contextlib.suppress(Exception):  # housekeeping: never fails a push
-                self.abort_stale_uploads(STALE_UPLOAD_S)
-            send = {d: s for d, s in whole.items() if d not in present}
-            send.update({d: s for d, s in pieces_of(todo.values()).items() if d not in present})
-            self.upload_blobs(reg, send, progress, f"push {name}:{vtag}")
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                # The reads before the upload go together (each a round trip; the format marker
+                # is the only write, made on a first push before any blob): their results are
+                # taken in this order, so a wrong format is the error a push reports first.
+                self.client  # noqa: B018  (made here, not raced for by the threads below)
+                asked = [
+                    pool.submit(self.check_format, create=True),
+                    pool.submit(self.get_ref, name, vtag),
+                    pool.submit(
+                        self.present, {**wanted, **{d: pl.size for d, pl in lists.items()}}
+                    ),
+                    pool.submit(self.present_piece_lists, sorted(lists)),
+                ]
+                _, existing, present, listed = (f.result() for f in asked)
+                if existing is not None and existing[0] != bundle.digest:
+                    raise self._version_conflict(name, vtag, existing[0], bundle.digest)
+                todo = {d: pl for d, pl in lists.items() if d not in present and d not in listed}
+                result.blobs = len(wanted) + len(lists)
+                result.bytes_total = sum(wanted.values()) + sum(
+                    len(pl.to_bytes()) for pl in lists.values()
+                )
+                # housekeeping beside the upload (it never touches an upload younger than a
+                # day, so not this push's own) and never fails a push
+                stale = pool.submit(self.abort_stale_uploads, STALE_UPLOAD_S)
+                send = {d: s for d, s in whole.items() if d not in present}
+                send.update({d: s for d, s in pieces_of(todo.values()).items() if d not in present})
+                self.upload_blobs(reg, send, progress, f"push {name}:{vtag}")
+                with contextlib.suppress(Exception):
+                    stale.result()
 
             # Piece lists and component manifests after every blob they name (together: a
             # few small PUTs each a round trip, so in parallel); the bundle manifest last.
