@@ -15,9 +15,10 @@ bench/README.md for the figures and what they mean).
 5. (issue 17, `--issue17` runs only this) push vs a raw `upload_file` of the shard with
    the same checksums (the registry's client, part size and CRC32 part checksums), and vs
    a raw upload of the same objects the push sends (a file above the split size travels
-   as its tensor pieces), interleaved rounds, medians of wall and client CPU time; then
-   the peak RSS of a pull (a fresh process each, VmHWM) of a SMALL and a SIZE bundle,
-   interleaved, and their ratio.
+   as its tensor pieces), interleaved rounds after one warm-up round that is not counted,
+   moto let settle (idle CPU) before each timed transfer, medians of wall and client CPU
+   time; then the peak RSS of a pull (a fresh process each, VmHWM) of a SMALL and a SIZE
+   bundle, interleaved, and their ratio.
 
 moto runs in its own process (`python -m moto.server`) so it does not share the GIL with
 the client; on a 2-core machine it still shares the CPUs, so every figure here is a ratio
@@ -155,6 +156,25 @@ def clear_prefix(s3: Any, prefix: str) -> None:
             s3.delete_objects(Bucket="bench", Delete={"Objects": keys})
 
 
+def settle(pid: int, quiet_s: float = 0.3, limit_s: float = 10.0) -> None:
+    """Wait until the process `pid` (moto) has used no CPU for `quiet_s`: a deletion of a
+    GiB of objects, or its first GiB of memory, is still being paid for after the request
+    returns, and would be charged to whichever transfer runs next."""
+
+    def used() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+    end = time.monotonic() + limit_s
+    last = used()
+    while time.monotonic() < end:
+        time.sleep(quiet_s)
+        now = used()
+        if now == last:
+            return
+        last = now
+
+
 def cpu_timed(fn) -> tuple[float, float, object]:  # noqa: ANN001
     """(wall s, this process's CPU s over all its threads, result)."""
     c, t = time.process_time(), time.perf_counter()
@@ -163,8 +183,10 @@ def cpu_timed(fn) -> tuple[float, float, object]:  # noqa: ANN001
 
 
 def issue17(work: Path, endpoint: str, s3: Any, size_mib: int, small_mib: int,
-            rounds: int) -> dict[str, object]:  # fmt: skip
-    """Push vs raw upload with the same checksums; pull peak RSS at two sizes."""
+            rounds: int, moto_pid: int) -> dict[str, object]:  # fmt: skip
+    """Push vs raw upload with the same checksums; pull peak RSS at two sizes. One warm-up
+    round is not counted (moto's first GiB costs it more than any later one), and moto is
+    let settle before every timed transfer."""
     import statistics
 
     from registry.remotes.base import add_remote, open_remote
@@ -190,6 +212,7 @@ def issue17(work: Path, endpoint: str, s3: Any, size_mib: int, small_mib: int,
 
     def raw() -> tuple[float, float]:
         cfg = upload_config()
+        settle(moto_pid)
         t, c, _ = cpu_timed(
             lambda: client.upload_file(str(blob), "bench", "raw/up", Config=cfg, ExtraArgs=extra)
         )
@@ -223,6 +246,7 @@ def issue17(work: Path, endpoint: str, s3: Any, size_mib: int, small_mib: int,
                 for f in futures:
                     f.result()
 
+        settle(moto_pid)
         t, c, _ = cpu_timed(send)
         clear_prefix(s3, "rawo/")
         return t, c
@@ -230,14 +254,21 @@ def issue17(work: Path, endpoint: str, s3: Any, size_mib: int, small_mib: int,
     def push(i: int) -> tuple[float, float]:
         add_remote(reg, f"p{i}", f"s3://bench/push17-{i}", endpoint_url=endpoint)
         remote = open_remote(reg, f"p{i}")
+        remote.client  # noqa: B018  made before the clock, as the raw uploads' client is
+        settle(moto_pid)
         t, c, r = cpu_timed(lambda: remote.push(reg, tag_big, actor="bench"))
         sent.append(r.bytes_sent)
         clear_prefix(s3, f"push17-{i}/")
         return t, c
 
     raws, pushes, sent, raw_objs = [], [], [], []
+    print(f"  warm-up (not counted): push {push(-1)[0]:.2f} s, objects {raw_objects()[0]:.2f} s,"
+          f" raw {raw()[0]:.2f} s", flush=True)  # fmt: skip
+    sent.clear()
     for i in range(rounds):
-        order = ("raw", "objects", "push") if i % 2 == 0 else ("push", "objects", "raw")
+        # the pair compared most closely alternates who goes first; the single-object
+        # upload (a GiB that moto assembles from 64 parts) goes last, after both
+        order = ("objects", "push", "raw") if i % 2 == 0 else ("push", "objects", "raw")
         for what in order:
             got = {"raw": raw, "objects": raw_objects}[what]() if what != "push" else push(i)
             {"raw": raws, "objects": raw_objs, "push": pushes}[what].append(got)
@@ -334,7 +365,7 @@ def main() -> None:
         s3.create_bucket(Bucket="bench")
         if args.issue17:
             results.update(issue17(work, endpoint, s3, args.size_mib, args.small_mib,
-                                   args.rounds))  # fmt: skip
+                                   args.rounds, moto.pid))  # fmt: skip
             print(json.dumps(results, indent=2))
             return
         size = args.size_mib * MiB
