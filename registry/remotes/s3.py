@@ -664,15 +664,14 @@ class S3Remote:
                 # is the only write, made on a first push before any blob): their results are
                 # taken in this order, so a wrong format is the error a push reports first.
                 self.client  # noqa: B018  (made here, not raced for by the threads below)
-                asked = [
-                    pool.submit(self.check_format, create=True),
-                    pool.submit(self.get_ref, name, vtag),
-                    pool.submit(
-                        self.present, {**wanted, **{d: pl.size for d, pl in lists.items()}}
-                    ),
-                    pool.submit(self.present_piece_lists, sorted(lists)),
-                ]
-                _, existing, present, listed = (f.result() for f in asked)
+                held = {**wanted, **{d: pl.size for d, pl in lists.items()}}
+                fmt = pool.submit(self.check_format, create=True)
+                ref_read = pool.submit(self.get_ref, name, vtag)
+                have = pool.submit(self.present, held)
+                have_lists = pool.submit(self.present_piece_lists, sorted(lists))
+                fmt.result()
+                existing = ref_read.result()
+                present, listed = have.result(), have_lists.result()
                 if existing is not None and existing[0] != bundle.digest:
                     raise self._version_conflict(name, vtag, existing[0], bundle.digest)
                 todo = {d: pl for d, pl in lists.items() if d not in present and d not in listed}
