@@ -110,7 +110,10 @@ class Manifests:
         blobs, bundles, base = self._blobs, self.bundles, self._base
         parse, sha256 = BundleManifest.from_bytes, hashlib.sha256
         for digest in digests:
-            if digest in bundles or digest in blobs:
+            if digest in bundles:
+                continue
+            if digest in blobs:  # read already, as another kind of blob: parsed from that
+                self.bundle(digest)
                 continue
             try:
                 data = read_small(_blob_path(base, digest))
