@@ -669,6 +669,9 @@ class S3Remote:
                 ref_read = pool.submit(self.get_ref, name, vtag)
                 have = pool.submit(self.present, held)
                 have_lists = pool.submit(self.present_piece_lists, sorted(lists))
+                # housekeeping (it never fails a push), done before this push's own uploads
+                # begin: a listing of uploads beside their creation makes moto fail (500)
+                stale = pool.submit(self.abort_stale_uploads, STALE_UPLOAD_S)
                 fmt.result()
                 existing = ref_read.result()
                 present, listed = have.result(), have_lists.result()
@@ -679,14 +682,11 @@ class S3Remote:
                 result.bytes_total = sum(wanted.values()) + sum(
                     len(pl.to_bytes()) for pl in lists.values()
                 )
-                # housekeeping beside the upload (it never touches an upload younger than a
-                # day, so not this push's own) and never fails a push
-                stale = pool.submit(self.abort_stale_uploads, STALE_UPLOAD_S)
-                send = {d: s for d, s in whole.items() if d not in present}
-                send.update({d: s for d, s in pieces_of(todo.values()).items() if d not in present})
-                self.upload_blobs(reg, send, progress, f"push {name}:{vtag}")
                 with contextlib.suppress(Exception):
                     stale.result()
+            send = {d: s for d, s in whole.items() if d not in present}
+            send.update({d: s for d, s in pieces_of(todo.values()).items() if d not in present})
+            self.upload_blobs(reg, send, progress, f"push {name}:{vtag}")
 
             # Piece lists and component manifests after every blob they name (together: a
             # few small PUTs each a round trip, so in parallel); the bundle manifest last.
