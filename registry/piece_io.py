@@ -32,10 +32,13 @@ from registry.errors import IntegrityError, InvalidInputError
 from registry.pieces import PieceList
 
 if TYPE_CHECKING:
+    import mmap
+
     from registry.store import BlobStore
 
 
 HASH_CHUNK = 4 * 1024 * 1024  # what the pieced ingest hashes at a time
+WINDOWS = 3  # HASH_CHUNK windows mapped at most, read by the piece's and the file's hash
 
 
 def _assemble(store: BlobStore, pl: PieceList, dst_fd: int, durable: bool) -> tuple[str, int]:
@@ -71,40 +74,57 @@ def _assemble(store: BlobStore, pl: PieceList, dst_fd: int, durable: bool) -> tu
     return hash_as_copied(chunks, dst_fd, thread, stop, error)
 
 
-def hash_landed(fd: int, n: int, whole: BackgroundHash, progress: Progress | None) -> str:
-    """The digest of the `n` bytes of `fd` (exactly its size), fed to `whole` as well.
+def hash_landed(fd: int, n: int, windows: Windows, progress: Progress | None) -> str:
+    """The digest of the `n` bytes of `fd` (exactly its size), fed to the whole file's
+    hash as well (`windows.whole`).
 
     Both hash the file's page-cache pages in place, through mmap windows of HASH_CHUNK
     (no copy out of the page cache: a third less CPU than reading into a buffer, measured
-    in bench/README.md); at most three windows are mapped, so what the process holds
-    stays a few MiB whatever the piece size. `whole` releases each view it is given."""
+    in bench/README.md), which `windows` keeps mapped until the whole-file hash has read
+    them, WINDOWS at most (12 MiB), so what the process holds is bounded whatever the
+    piece or file size."""
     import mmap
 
     h = hashlib.sha256()
-    live: collections.deque[tuple[mmap.mmap, memoryview, int]] = collections.deque()
+    for at in range(0, n, HASH_CHUNK):
+        size = min(HASH_CHUNK, n - at)
+        mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ, offset=at)
+        view = memoryview(mm)
+        seq = windows.whole.update(view[:])
+        windows.add(mm, view, seq)  # before hashing: closed by `windows` on any error
+        with view[:] as mine:
+            h.update(mine)
+        if progress:
+            progress(size)
+    return f"sha256:{h.hexdigest()}"
 
-    def unmap() -> None:
-        mm, view, seq = live.popleft()
-        whole.wait(seq)
+
+class Windows:
+    """The mmap windows of the pieces of one file, each kept mapped until the whole-file
+    hash (`whole`) has read it, `limit` at most, across the pieces' boundaries: so neither
+    hash waits for the other at the end of each piece, and the scheduler may run either
+    ahead by a few windows. A window outliving its piece's descriptor, or its temp file's
+    name, is harmless: a mapping holds its file, whose bytes do not change once landed."""
+
+    def __init__(self, whole: BackgroundHash, limit: int) -> None:
+        self.whole = whole
+        self._limit = limit
+        self._live: collections.deque[tuple[mmap.mmap, memoryview, int]] = collections.deque()
+
+    def add(self, mm: mmap.mmap, view: memoryview, seq: int) -> None:
+        self._live.append((mm, view, seq))
+        while len(self._live) > self._limit:
+            self._unmap()
+
+    def _unmap(self) -> None:
+        mm, view, seq = self._live.popleft()
+        self.whole.wait(seq)
         view.release()
         mm.close()
 
-    try:
-        for at in range(0, n, HASH_CHUNK):
-            size = min(HASH_CHUNK, n - at)
-            mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ, offset=at)
-            view = memoryview(mm)
-            live.append((mm, view, whole.update(view[:])))
-            with view[:] as mine:
-                h.update(mine)
-            if progress:
-                progress(size)
-            if len(live) > 2:
-                unmap()
-    finally:
-        while live:
-            unmap()
-    return f"sha256:{h.hexdigest()}"
+    def close(self) -> None:
+        while self._live:
+            self._unmap()
 
 
 class BackgroundHash:
@@ -278,9 +298,10 @@ def put_pieces(
     of exactly the bytes stored: a copier thread copies each piece to a temp file
     while this thread hashes the previous one for its piece and, on a second thread,
     for the whole file. A piece already stored is dropped before it is ever fsync'd;
-    a new one is fsync'd and renamed by `Durable`. Memory stays a few MiB (mmap
-    windows, see `hash_landed`), whatever the piece size."""
+    a new one is fsync'd and renamed by `Durable`. Memory is bounded (at most WINDOWS
+    mmap windows, see `hash_landed`), whatever the piece size."""
     whole = BackgroundHash()
+    windows = Windows(whole, WINDOWS)
     durable = Durable()
     copied: queue.Queue[tuple[int, int, Path] | None] = queue.Queue(maxsize=2)
     error: list[BaseException] = []
@@ -316,7 +337,7 @@ def put_pieces(
             try:
                 if os.fstat(fd).st_size != n:  # the source shrank under the copy
                     raise InvalidInputError(f"{src} changed while it was being stored")
-                digest = hash_landed(fd, n, whole, progress)
+                digest = hash_landed(fd, n, windows, progress)
                 pieces.append(Descriptor(digest, n))
                 last_was_new[0] = _keep_piece(store, fd, tmp, n, digest, durable)
             except BaseException:
@@ -333,6 +354,7 @@ def put_pieces(
                     os.close(left[0])
                     left[2].unlink(missing_ok=True)
         thread.join()
+        windows.close()
         digest = whole.close()
         durable.close()
     if len(pieces) != len(ranges) or os.fstat(src_fd).st_size != size:
