@@ -224,10 +224,10 @@ def _roots(reg: Registry, ref: str | None) -> _Roots:
 def _walk(
     reg: Registry, roots: _Roots, memo: Manifests, *, bundle_manifests: bool = True
 ) -> Iterator[tuple[Descriptor | str, str]]:
-    """Every blob `roots` reach, each unique manifest read once (`memo`); without
-    `bundle_manifests` the bundle manifests themselves are not yielded (the caller judges
-    them from the memo, as `verify` does)."""
-    memo.load_bundles(d for d, _ in roots.bundles)
+    """Every blob `roots` reach, each unique manifest read once (`memo`, which has loaded
+    the bundle manifests of `roots`: `Manifests.load_bundles`); without `bundle_manifests`
+    the bundle manifests themselves are not yielded (the caller judges them from the
+    memo, as `verify` does)."""
     for digest, where in roots.bundles:
         if bundle_manifests:
             yield digest, where
@@ -249,7 +249,9 @@ def referenced(
 
     Each unique manifest is read and expanded once per `memo` (one is made if none is
     given), so a blob shared by many bundles is yielded for the first of them only."""
-    yield from _walk(reg, _roots(reg, ref), memo or Manifests(reg.store))
+    roots, memo = _roots(reg, ref), memo or Manifests(reg.store)
+    memo.load_bundles(d for d, _ in roots.bundles)
+    yield from _walk(reg, roots, memo)
 
 
 def policy_blobs(reg: Registry, digest: str) -> Iterator[tuple[str, str]]:
